@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,7 +27,7 @@ from diffagent.algos import ALGORITHM_CLASSES, Algorithm
 from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
 from diffagent.envs import EnvSource, UnavailableEnv, check_spaces, env_factory, space_from_dict, space_to_dict
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
-from diffagent.io import RESULTS_FILE, load_checkpoint, save_artifact, save_checkpoint, write_json
+from diffagent.io import RESULTS_FILE, atomic_write, load_checkpoint, run_lock, save_artifact, save_checkpoint, write_json
 from diffagent.policies import Policy, make_policy
 
 METRICS_FILE = "metrics.jsonl"
@@ -189,52 +190,53 @@ class Agent:
         state = self._progress
         state.total_steps = total_steps
         run_path = Path(run_dir) if run_dir is not None else None
-        if run_path is not None:
-            run_path.mkdir(parents=True, exist_ok=True)
-        algorithm = self.algorithm
-        algorithm.total_steps = total_steps
-        bar = tqdm(total=total_steps, initial=algorithm.num_steps, disable=None if progress is None else not progress,
-                   unit="step", dynamic_ncols=True)
-        window: dict[str, list[float]] = {}
-        last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
-        start = time.perf_counter()
-        try:
-            while algorithm.num_steps < total_steps:
-                before = algorithm.num_steps
-                for key, value in algorithm.train_iteration().items():
-                    window.setdefault(key, []).append(value)
-                now_step = algorithm.num_steps
-                bar.update(now_step - before)
-                if _crossed(before, now_step, state.log_every) or now_step >= total_steps:
-                    now = time.perf_counter()
-                    record = {"step": now_step, "steps_per_second": (now_step - last_log_step) / max(now - last_log_time, 1e-9),
-                              "episodes": algorithm.num_episodes,
-                              **{k: float(np.mean(v)) for k, v in window.items()}}
-                    if algorithm.recent_returns:
-                        record["train_return"] = float(np.mean(algorithm.recent_returns))
-                    window.clear()
-                    last_log_time, last_log_step = now, now_step
-                    if state.eval_every and (_crossed(before, now_step, state.eval_every) or now_step >= total_steps):
-                        result = self.evaluate(state.eval_episodes)
-                        record.update(eval_return=result.mean, eval_return_std=result.std)
-                        state.evaluations.append({"step": now_step, "mean": result.mean, "std": result.std})
-                        bar.set_postfix(eval_return=f"{result.mean:.1f}")
-                    elif "train_return" in record:
-                        bar.set_postfix(train_return=f"{record['train_return']:.1f}")
-                    if run_path is not None:
-                        with open(run_path / METRICS_FILE, "a") as f:
-                            f.write(json.dumps(record) + "\n")
-                if run_path is not None and state.checkpoint_every and _crossed(before, now_step, state.checkpoint_every):
-                    state.train_time += time.perf_counter() - start
-                    start = time.perf_counter()
-                    self.save_checkpoint(run_path)
-        finally:
-            bar.close()
-        state.train_time += time.perf_counter() - start
-        if run_path is not None:
-            self.save_checkpoint(run_path)
-            self.save_pretrained(run_path)
-        return self
+        with run_lock(run_path) if run_path is not None else contextlib.nullcontext():
+            algorithm = self.algorithm
+            algorithm.total_steps = total_steps
+            bar = tqdm(total=total_steps, initial=algorithm.num_steps, disable=None if progress is None else not progress,
+                       unit="step", dynamic_ncols=True)
+            window: dict[str, list[float]] = {}
+            last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
+            start = time.perf_counter()
+            try:
+                while algorithm.num_steps < total_steps:
+                    before = algorithm.num_steps
+                    for key, value in algorithm.train_iteration().items():
+                        window.setdefault(key, []).append(value)
+                    now_step = algorithm.num_steps
+                    bar.update(now_step - before)
+                    evaluate_now = state.eval_every and (_crossed(before, now_step, state.eval_every)
+                                                         or now_step >= total_steps)
+                    if evaluate_now or _crossed(before, now_step, state.log_every) or now_step >= total_steps:
+                        now = time.perf_counter()
+                        record = {"step": now_step, "steps_per_second": (now_step - last_log_step) / max(now - last_log_time, 1e-9),
+                                  "episodes": algorithm.num_episodes,
+                                  **{k: float(np.mean(v)) for k, v in window.items()}}
+                        if algorithm.recent_returns:
+                            record["train_return"] = float(np.mean(algorithm.recent_returns))
+                        window.clear()
+                        last_log_time, last_log_step = now, now_step
+                        if evaluate_now:
+                            result = self.evaluate(state.eval_episodes)
+                            record.update(eval_return=result.mean, eval_return_std=result.std)
+                            state.evaluations.append({"step": now_step, "mean": result.mean, "std": result.std})
+                            bar.set_postfix(eval_return=f"{result.mean:.1f}")
+                        elif "train_return" in record:
+                            bar.set_postfix(train_return=f"{record['train_return']:.1f}")
+                        if run_path is not None:
+                            with open(run_path / METRICS_FILE, "a") as f:
+                                f.write(json.dumps(record) + "\n")
+                    if run_path is not None and state.checkpoint_every and _crossed(before, now_step, state.checkpoint_every):
+                        state.train_time += time.perf_counter() - start
+                        start = time.perf_counter()
+                        self.save_checkpoint(run_path)
+            finally:
+                bar.close()
+            state.train_time += time.perf_counter() - start
+            if run_path is not None:
+                self.save_checkpoint(run_path)
+                self.save_pretrained(run_path)
+            return self
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -340,6 +342,8 @@ class Agent:
         agent = cls._from_meta(meta, state["algorithm"]["components"]["policy"], env, device, source=str(run_dir))
         agent.algorithm.load_state_dict(state["algorithm"])
         agent._progress = _LearnProgress(**state["progress"])
+        with run_lock(run_dir):  # never rewrite the metrics of a run another process is training
+            _drop_metrics_after(Path(run_dir) / METRICS_FILE, agent.num_steps)
         return agent
 
 
@@ -354,6 +358,16 @@ def _saved_env(meta: dict, env_id: str) -> EnvSource:
             raise ArtifactError(f"config.json lacks valid observation/action spaces for {env_id}; it is corrupted.") from None
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         return lambda: UnavailableEnv(env_id, *spaces, reason)
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget the metrics logged after the checkpoint a run resumes from: those steps are trained again,
+    and a curve must not hold two records of one step."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

@@ -9,19 +9,25 @@ kill mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from diffagent.errors import ArtifactError
+from diffagent.errors import ArtifactError, DiffAgentError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; training into one directory twice is on the user
+    fcntl = None
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -29,6 +35,7 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "policy.onnx"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 _TENSOR_KEY = "__tensor__"
 
 
@@ -188,3 +195,30 @@ def load_checkpoint(run_dir: str | Path) -> dict:
     check_format_version(meta, folder / "state.json")
     tensors = read_safetensors(folder / "state.safetensors", f"cannot resume {run_dir}")
     return unflatten_state(meta["state"], tensors)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory while training writes to it.
+
+    Two processes training into one directory would interleave their checkpoints and metrics; the
+    second is refused with the first one's pid. The lock dies with its process, so a killed run
+    never leaves a stale one.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                raise DiffAgentError(f"{run_dir} is being trained by another process"
+                                     f"{f' (pid {holder})' if holder else ''}; wait for it to finish, or stop "
+                                     "it, or train into another directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield

@@ -28,9 +28,9 @@ def test_run_directory_holds_artifact_metrics_and_checkpoint(trained):
     agent, run = trained
     assert {"config.json", "model.safetensors", "results.json", "metrics.jsonl"} <= {p.name for p in run.iterdir()}
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [100, 200, 300]
+    assert [r["step"] for r in records] == [100, 150, 200, 300]  # every 100 (log_every), and at each evaluation
     assert {"critic_loss", "actor_loss", "alpha", "entropy_estimate", "steps_per_second"} <= set(records[-1])
-    assert "eval_return" in records[-1]
+    assert [r["step"] for r in records if "eval_return" in r] == [150, 300]
     assert json.loads((run / "results.json").read_text())["total_steps"] == 300
     assert agent.policy.obs_normalizer.count.item() == 300
 
@@ -59,6 +59,18 @@ def test_resume_continues_from_the_checkpoint(trained):
     resumed.learn(350, run_dir=run, progress=False)
     assert resumed.num_steps == 350
     assert Agent.resume(run).num_steps == 350
+
+
+def test_resume_forgets_metrics_logged_after_its_checkpoint(tmp_path):
+    agent = Agent("sac", "Pendulum-v1", **TINY)
+    agent.learn(300, eval_every=0, run_dir=tmp_path, checkpoint_every=200, log_every=100, progress=False)
+    # as if killed between the checkpoints at 200 and 300: metrics reach 300, the checkpoint only 200
+    dio.write_json(tmp_path / "checkpoints" / "latest.json", {"checkpoint": "step_0000000200", "step": 200})
+    resumed = Agent.resume(tmp_path)
+    steps = lambda: [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert steps() == [100, 200]
+    resumed.learn(300, run_dir=tmp_path, progress=False)
+    assert steps() == [100, 200, 300]
 
 
 def test_checkpoint_restores_optimizer_state_exactly(tmp_path):
