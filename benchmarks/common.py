@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def environment() -> dict[str, Any]:
-    import importlib.metadata as md
-
-    versions = {}
-    for package in ("diffagent", "torch", "gymnasium", "mujoco", "numpy", "onnxruntime", "stable-baselines3"):
-        try:
-            versions[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
-    return {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform()},
-            "versions": versions}
+from diffagent.bench import machine_info
 
 
 def write_results(path: str | Path, results: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**environment(), "results": results}, indent=2) + "\n")
+    command = " ".join([os.path.basename(sys.executable)] + sys.argv)
+    path.write_text(json.dumps({**machine_info(command), "results": results}, indent=2) + "\n")
     print(f"wrote {path}")
 
 

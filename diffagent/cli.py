@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def main() -> None:
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Total environment steps.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ALGO-ENV-sSEED].")
+@click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False),
+              help="TOML file of hyperparameters with an [ALGO] table, e.g. zoo/hyperparams/Hopper-v4.toml.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a hyperparameter, e.g. --set batch_size=512 (repeatable; see --list-params).")
+              help="Override a hyperparameter, e.g. --set batch_size=512 (repeatable; wins over --hparams).")
 @click.option("--eval-every", default=None, type=int, help="Evaluate every N steps [default: steps/10].")
 @click.option("--eval-episodes", default=5, show_default=True, type=int)
 @click.option("--checkpoint-every", default=10_000, show_default=True, type=int)
@@ -60,8 +63,8 @@ def main() -> None:
 @click.option("--threads", default=None, type=int, help="torch intra-op threads (default: torch's choice).")
 @click.option("--list-params", is_flag=True, help="List the algorithm's hyperparameters and exit.")
 @friendly_errors
-def train(algo, env_id, steps, seed, out, overrides, eval_every, eval_episodes, checkpoint_every, device, threads,
-          list_params):
+def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, eval_episodes, checkpoint_every, device,
+          threads, list_params):
     """Train an agent; the run directory gets the artifact, metrics.jsonl and checkpoints.
 
     With no options: DiffSAC on Pendulum-v1 for 6,000 steps (a few minutes on a laptop CPU).
@@ -77,7 +80,11 @@ def train(algo, env_id, steps, seed, out, overrides, eval_every, eval_episodes, 
 
     _set_threads(threads)
     values = parse_overrides(overrides)
-    if (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
+    if hparams_file:
+        from diffagent.bench import load_hyperparameters
+
+        values = {**load_hyperparameters(hparams_file, algo), **values}
+    elif (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
         values = {**QUICKSTART_OVERRIDES, **values}
     out = Path(out or f"runs/{algo}-{env_id}-s{seed}")
     if (out / "checkpoints").exists():
@@ -130,6 +137,89 @@ def evaluate(model, episodes, stochastic, seed, revision, device, as_json):
     else:
         click.echo(f"{agent.algo} on {agent.env_id}: {result.mean:.2f} +/- {result.std:.2f} over {episodes} "
                    f"{'stochastic' if stochastic else 'deterministic'} episodes")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmark grids (zoo/grids/*.toml): run them in the background, see where they stand, report."""
+
+
+@bench.command("run")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--jobs", "parallel", default=None, type=int, help="Runs at a time, one thread each [default: cores].")
+@click.option("--dry-run", is_flag=True, help="Print what would run and exit.")
+@friendly_errors
+def bench_run(grid_file, parallel, dry_run):
+    """Train every unfinished run of GRID_FILE; a killed grid picks up where it stopped."""
+    from diffagent.bench import load_grid, run_grid
+
+    grid = load_grid(grid_file)
+    if dry_run:
+        for job in grid.jobs:
+            click.echo(f"{job.status():6s} {shlex.join(job.process_command())}")
+        return
+    outcome = run_grid(grid, parallel, echo=click.echo)
+    click.echo(", ".join(f"{len(names)} {kind}" for kind, names in outcome.items()))
+    if outcome["failed"]:
+        raise click.ClickException(f"{len(outcome['failed'])} runs failed; their train.log says why")
+
+
+@bench.command("status")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@friendly_errors
+def bench_status(grid_file):
+    """List the runs of GRID_FILE: done, resume (a checkpoint to continue), new or stale, and the steps reached."""
+    from diffagent.bench import load_grid, read_curve
+
+    for job in load_grid(grid_file).jobs:
+        curve = read_curve(job.run_dir)
+        reached = f"{max(curve):,} steps, last eval {curve[max(curve)]:.1f}" if curve else "no evaluation yet"
+        click.echo(f"{job.status():6s} {job.name}: {reached}")
+
+
+@bench.command("report")
+@click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--references", type=click.Path(dir_okay=False), default=None,
+              help="Reference results TOML [default: the grid file's `references`].")
+@friendly_errors
+def bench_report(grid_file, references):
+    """Aggregate the runs of GRID_FILE: IQM table with bootstrap CIs, learning curves, raw JSON."""
+    from diffagent.bench import load_grid, write_report
+
+    grid = load_grid(grid_file)
+    write_report(grid, Path(references) if references else grid.references, echo=click.echo)
+
+
+@main.group()
+def zoo() -> None:
+    """The trained models shipped in zoo/models: list them, or push them all to the Hub."""
+
+
+@zoo.command("list")
+@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@friendly_errors
+def zoo_list(models):
+    """Print every model of the zoo with its evaluation."""
+    from diffagent.hub import zoo_models
+
+    for directory, meta, results in zoo_models(models):
+        final = (results or {}).get("final_eval") or {}
+        score = f"{final['mean']:.1f} +/- {final['std']:.1f} at {results['total_steps']:,} steps" if final else "-"
+        click.echo(f"{directory.name}: {meta['algo']} on {meta['env_id']}, {score}")
+
+
+@zoo.command("push")
+@click.option("--org", required=True, help="Hub user or organisation; each model goes to ORG/DIRECTORY_NAME.")
+@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@click.option("--token", default=None, help="Hub token with write access [default: HF_TOKEN, then `hf auth login`].")
+@click.option("--eval-episodes", default=10, show_default=True, type=int)
+@click.option("--video/--no-video", default=True, show_default=True)
+@friendly_errors
+def zoo_push(org, models, token, eval_episodes, video):
+    """Push every zoo model to the Hub with its model card (evaluated afresh)."""
+    from diffagent.hub import push_zoo
+
+    push_zoo(models, org, token=token, eval_episodes=eval_episodes, video=video, echo=click.echo)
 
 
 def _report(agent, out: Path) -> None:

@@ -246,6 +246,13 @@ def parse_value(name: str, kind: type, raw: Any) -> Any:
     raise ConfigError(f"{name}={raw!r} is not a valid value: expected {expected}")
 
 
+def cli_value(value: Any) -> str:
+    """A config value as `--set` takes it (the inverse of `parse_value`): 256,256 / true / 0.001."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def make_config(algo: str, overrides: dict[str, Any] | None = None) -> PolicyConfig:
     """The validated config of `algo` with the registry's defaults and `overrides` applied."""
     spec = algo_spec(algo)

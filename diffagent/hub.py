@@ -24,15 +24,16 @@ import json
 import os
 import re
 import shlex
+import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from diffagent import __version__
-from diffagent.config import config_to_dict, field_docs, make_config
+from diffagent.config import cli_value, config_to_dict, field_docs, make_config
 from diffagent.errors import ArtifactError, ConfigError
 from diffagent.io import (CONFIG_FILE, ONNX_FILE, RESULTS_FILE, WEIGHTS_FILE, atomic_write, load_artifact, read_json,
                           write_json)
@@ -222,6 +223,42 @@ def push_agent(agent: Agent, repo_id: str, *, token: str | None = None, private:
                     eval_episodes=eval_episodes, video=video, agent=agent)
 
 
+def zoo_models(models_dir: str | Path) -> list[tuple[Path, dict, dict | None]]:
+    """(directory, config.json, results.json or None) of every artifact directory in `models_dir`."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ArtifactError(f"no zoo at {models_dir}: run from the repository root or pass --models DIR")
+    entries = []
+    for directory in sorted(p for p in models_dir.iterdir() if (p / CONFIG_FILE).is_file()):
+        meta, _ = load_artifact(directory)  # a broken model stops the listing before anything is pushed
+        results_path = directory / RESULTS_FILE
+        entries.append((directory, meta, read_json(results_path, str(directory)) if results_path.is_file() else None))
+    if not entries:
+        raise ArtifactError(f"{models_dir} holds no artifact directories (folders with {CONFIG_FILE})")
+    return entries
+
+
+def push_zoo(models_dir: str | Path, org: str, *, token: str | None = None, eval_episodes: int = 10,
+             video: bool = True, echo: Callable[[str], None] = print) -> list[str]:
+    """Push every model of `models_dir` to ORG/FOLDER_NAME with its model card; returns the commit URLs.
+
+    Each model is pushed from a temporary copy, so the zoo's own files are never rewritten.
+    """
+    entries = zoo_models(models_dir)
+    for directory, _, _ in entries:  # every name checked before the first (slow) push
+        validate_repo_id(f"{org}/{directory.name}")
+    urls = []
+    for directory, _, _ in entries:
+        repo_id = f"{org}/{directory.name}"
+        echo(f"pushing {directory} -> {repo_id}")
+        with tempfile.TemporaryDirectory(prefix="diffagent-zoo-") as tmp:
+            copy = Path(tmp) / directory.name
+            shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("checkpoints"))
+            urls.append(push(copy, repo_id, token=token, eval_episodes=eval_episodes, video=video))
+        echo(f"pushed: {urls[-1]}")
+    return urls
+
+
 def _is_transport_error(err: Exception) -> bool:
     """A connection, DNS or timeout failure of the HTTP client huggingface_hub runs on.
 
@@ -304,7 +341,7 @@ def write_model_card(agent: Agent, directory: str | Path, repo_id: str, results:
 def training_command(agent: Agent, total_steps: int | None) -> str:
     """The `diffagent train` command that reproduces the agent's config (non-default values as --set)."""
     defaults = config_to_dict(make_config(agent.algo))
-    overrides = [f"--set {shlex.quote(f'{name}={_cli_value(value)}')}"
+    overrides = [f"--set {shlex.quote(f'{name}={cli_value(value)}')}"
                  for name, value in config_to_dict(agent.config).items()
                  if name != "seed" and value != defaults.get(name)]
     steps = [f"--steps {total_steps}"] if total_steps else []
@@ -312,17 +349,9 @@ def training_command(agent: Agent, total_steps: int | None) -> str:
                      f"--seed {agent.config.seed}", *overrides])
 
 
-def _cli_value(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
-
-
 def _hyperparameter_rows(agent: Agent) -> str:
     docs = field_docs(type(agent.config))
-    return "\n".join(f"| `{name}` | `{_cli_value(value)}` | {docs.get(name, '').replace('|', '/')} |"
+    return "\n".join(f"| `{name}` | `{cli_value(value)}` | {docs.get(name, '').replace('|', '/')} |"
                      for name, value in config_to_dict(agent.config).items())
 
 

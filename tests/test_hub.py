@@ -223,3 +223,30 @@ def test_cli_push_then_eval_by_repo_id(hub, tmp_path):
     assert "sac on Pendulum-v1" in evaluated.output
     failed = runner.invoke(main, ["push", str(run), "org/a/b"])
     assert failed.exit_code != 0 and "not a valid Hugging Face repo id" in failed.output
+
+
+def test_zoo_push_publishes_every_model_and_leaves_the_zoo_untouched(hub, tmp_path):
+    models = tmp_path / "models"
+    for algo in ("sac", "diffsac"):
+        tiny_agent(algo).save_pretrained(models / f"{algo}-Pendulum-v1")
+    (models / "notes").mkdir()  # not an artifact: ignored
+    before = {p: p.read_bytes() for p in models.rglob("*") if p.is_file()}
+    listing = CliRunner().invoke(main, ["zoo", "list", "--models", str(models)])
+    assert listing.exit_code == 0 and "diffsac-Pendulum-v1: diffsac on Pendulum-v1" in listing.output
+    result = CliRunner().invoke(main, ["zoo", "push", "--org", "org", "--models", str(models),
+                                       "--eval-episodes", "1", "--no-video"])
+    assert result.exit_code == 0, result.output
+    for algo in ("sac", "diffsac"):
+        assert ARTIFACT <= set(hub.files(f"org/{algo}-Pendulum-v1"))
+    assert {p: p.read_bytes() for p in models.rglob("*") if p.is_file()} == before
+
+
+def test_zoo_push_checks_every_name_before_pushing_and_needs_a_zoo(hub, tmp_path):
+    models = tmp_path / "models"
+    tiny_agent().save_pretrained(models / "ok")
+    tiny_agent().save_pretrained(models / "bad--name")
+    result = CliRunner().invoke(main, ["zoo", "push", "--org", "org", "--models", str(models)])
+    assert result.exit_code != 0 and "bad--name" in result.output
+    assert "org/ok" not in hub.repos
+    missing = CliRunner().invoke(main, ["zoo", "push", "--org", "org", "--models", str(tmp_path / "none")])
+    assert missing.exit_code != 0 and "run from the repository root or pass --models" in missing.output

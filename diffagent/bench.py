@@ -1,0 +1,503 @@
+"""Benchmark grids: train every (algorithm, env, seed, budget) of a grid file in the background,
+resumably, then aggregate the runs into IQM tables with bootstrap intervals and learning-curve plots.
+
+A grid file (TOML, see zoo/grids/) lists experiments:
+
+    name = "classic"
+    out = "runs/zoo"                 # run directories, relative to the working directory
+    hyperparams = "../hyperparams"   # per-env files <env>.toml with an [algo] table each (optional)
+    results = "../results"           # where `report` writes tables and plots (relative to this file)
+    references = "../references.toml"  # published numbers shown beside ours (optional)
+
+    [[experiment]]
+    envs = ["Pendulum-v1"]
+    algos = ["sac", "diffsac"]
+    seeds = [0, 1, 2, 3, 4]
+    steps = 6000
+    eval_every = 500
+    eval_episodes = 10
+
+Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
+run from its checkpoint, and a budget's score is read off the curve at that step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from diffagent.config import algo_spec, cli_value, make_config
+from diffagent.errors import ConfigError, DiffAgentError
+from diffagent.io import CHECKPOINT_DIR, RESULTS_FILE, run_lock, write_json
+
+METRICS_FILE = "metrics.jsonl"  # written by Agent.learn
+LOG_FILE = "train.log"
+ON_POLICY = ("ppo", "diffppo")
+BOOTSTRAP_SAMPLES = 2000
+
+
+# --- grid files ------------------------------------------------------------------------------------
+def env_file_name(env_id: str) -> str:
+    """File-system name of an env id ('diffagent/FourPeaks-v0' -> 'diffagent-FourPeaks-v0')."""
+    return env_id.replace("/", "-")
+
+
+def load_hyperparameters(path: str | Path, algo: str) -> dict[str, Any]:
+    """The [algo] table of a hyperparameter file, or a ConfigError saying what the file holds."""
+    path = Path(path)
+    try:
+        tables = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"hyperparameter file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"hyperparameter file {path} is not valid TOML: {err}") from None
+    table = tables.get(algo.lower())
+    if not isinstance(table, dict):
+        have = ", ".join(k for k, v in tables.items() if isinstance(v, dict)) or "none"
+        raise ConfigError(f"{path} has no [{algo}] table (it has: {have}); add one (an empty table means "
+                          "the library defaults)")
+    return table
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a grid."""
+
+    algo: str
+    env_id: str
+    seed: int
+    steps: int
+    eval_every: int
+    eval_episodes: int
+    checkpoint_every: int
+    run_dir: Path
+    hyperparams: Path | None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo} {self.env_id} seed {self.seed} ({self.steps:,} steps)"
+
+    def trained_steps(self) -> int | None:
+        """Steps of the finished run here (results.json), or None."""
+        try:
+            return int(json.loads((self.run_dir / RESULTS_FILE).read_text())["total_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def has_checkpoint(self) -> bool:
+        return (self.run_dir / CHECKPOINT_DIR / "latest.json").is_file()
+
+    def status(self) -> str:
+        """'done', 'resume' (a checkpoint to continue from), 'new', or 'stale' (results, no checkpoint)."""
+        trained = self.trained_steps()
+        if trained is not None and trained >= self.steps:
+            return "done"
+        if self.has_checkpoint():
+            return "resume"
+        return "new" if trained is None else "stale"
+
+    def train_command(self, executable: str = "diffagent") -> list[str]:
+        """The `diffagent train` command line of this run (what the report quotes)."""
+        command = [executable, "train", "--algo", self.algo, "--env", self.env_id, "--steps", str(self.steps),
+                   "--seed", str(self.seed), "--eval-every", str(self.eval_every),
+                   "--eval-episodes", str(self.eval_episodes)]
+        if self.hyperparams is not None:
+            command += ["--hparams", str(self.hyperparams)]
+        for key, value in self.overrides:
+            command += ["--set", f"{key}={cli_value(value)}"]
+        return command
+
+    def process_command(self) -> list[str]:
+        """What the runner executes: train (new) or resume (a checkpoint exists), one thread."""
+        cli = [sys.executable, "-m", "diffagent.cli"]
+        if self.status() == "resume":
+            return cli + ["resume", str(self.run_dir), "--steps", str(self.steps), "--threads", "1"]
+        return (cli + self.train_command("")[1:]
+                + ["--out", str(self.run_dir), "--threads", "1", "--checkpoint-every", str(self.checkpoint_every)])
+
+
+@dataclass
+class Grid:
+    """A parsed grid file."""
+
+    name: str
+    path: Path
+    out: Path
+    results: Path
+    references: Path | None = None
+    jobs: list[Job] = field(default_factory=list)
+    budgets: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Parse and check a grid file; every algorithm and override is validated before anything runs."""
+    path = Path(path)
+    try:
+        spec = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"grid file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"grid file {path} is not valid TOML: {err}") from None
+    experiments = spec.get("experiment")
+    if not isinstance(experiments, list) or not experiments:
+        raise ConfigError(f"{path} has no [[experiment]] tables; see the example in diffagent/bench.py")
+    def beside(relative: str) -> Path:  # a path in the grid file is relative to the grid file
+        return Path(os.path.normpath(path.parent / relative))
+
+    hyper_dir = beside(spec["hyperparams"]) if "hyperparams" in spec else None
+    grid = Grid(name=str(spec.get("name", path.stem)), path=path, out=Path(spec.get("out", f"runs/{path.stem}")),
+                results=beside(spec.get("results", "results")),
+                references=beside(spec["references"]) if "references" in spec else None)
+    seen: dict[Path, Job] = {}
+    for number, experiment in enumerate(experiments, 1):
+        where = f"{path} experiment {number}"
+        missing = {"envs", "algos", "seeds", "steps"} - set(experiment)
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(sorted(missing))}")
+        steps = int(experiment["steps"])
+        eval_every = int(experiment.get("eval_every", max(steps // 20, 1)))
+        overrides = tuple(sorted(experiment.get("set", {}).items()))
+        for seed in experiment["seeds"]:  # seed-major: a stopped grid holds comparable seeds of every algo
+            for env_id in experiment["envs"]:
+                for algo in experiment["algos"]:
+                    algo_spec(algo)
+                    hyper_file = hyper_dir / f"{env_file_name(env_id)}.toml" if hyper_dir else None
+                    if hyper_file is not None and not hyper_file.is_file():
+                        hyper_file = None
+                    hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
+                    make_config(algo, {**hyper, **dict(overrides)})  # a typo fails here, not in a job hours later
+                    run_dir = grid.out / env_file_name(env_id) / algo / f"s{seed}"
+                    job = Job(algo, env_id, int(seed), steps, eval_every, int(experiment.get("eval_episodes", 10)),
+                              int(experiment.get("checkpoint_every", max(steps // 10, eval_every))), run_dir,
+                              hyper_file, overrides)
+                    previous = seen.get(run_dir)
+                    if previous is not None and previous.steps >= steps:
+                        continue  # a larger budget of the same run covers this one
+                    seen[run_dir] = job
+                    grid.budgets.setdefault((env_id, algo), []).append(steps)
+    grid.jobs = list(seen.values())
+    return grid
+
+
+# --- running ---------------------------------------------------------------------------------------
+@dataclass
+class _Running:
+    job: Job
+    process: subprocess.Popen
+    log: Any
+    started: float
+
+
+def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None] = print,
+             poll_seconds: float = 1.0) -> dict[str, list[str]]:
+    """Run every unfinished job of `grid`, `parallel` at a time (default: one per core), one thread each.
+
+    A job with a checkpoint resumes from it; a finished job is skipped; a job whose directory is
+    locked by a job still running (another runner, or one orphaned by a killed runner) is skipped.
+    Each job's output goes to RUN_DIR/train.log. Returns the job names per outcome.
+    """
+    parallel = max(1, parallel or os.cpu_count() or 1)
+    outcome: dict[str, list[str]] = {"done": [], "trained": [], "failed": [], "skipped": []}
+    queue: list[Job] = []
+    for job in grid.jobs:
+        status = job.status()
+        if status == "done":
+            outcome["done"].append(job.name)
+        elif status == "stale":
+            outcome["skipped"].append(job.name)
+            echo(f"skip {job.name}: {job.run_dir} holds a finished {job.trained_steps():,}-step run and no "
+                 "checkpoint to extend it from; move it away to train again")
+        else:
+            queue.append(job)
+    echo(f"{grid.name}: {len(grid.jobs)} runs, {len(outcome['done'])} done, {len(queue)} to run, {parallel} at a time")
+    running: list[_Running] = []
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                job = queue.pop(0)
+                try:
+                    with run_lock(job.run_dir):  # the training takes this lock itself once it starts
+                        if job.status() == "new":  # a run killed before its first checkpoint starts over
+                            (job.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                except DiffAgentError:
+                    outcome["skipped"].append(job.name)
+                    echo(f"skip {job.name}: another process is training it")
+                    continue
+                verb = "resume" if job.status() == "resume" else "start"
+                log = open(job.run_dir / LOG_FILE, "a")
+                process = subprocess.Popen(job.process_command(), stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL)
+                running.append(_Running(job, process, log, time.perf_counter()))
+                echo(f"{verb} {job.name} -> {job.run_dir}")
+            time.sleep(poll_seconds)
+            for entry in [r for r in running if r.process.poll() is not None]:
+                running.remove(entry)
+                entry.log.close()
+                minutes = (time.perf_counter() - entry.started) / 60
+                if entry.process.returncode == 0:
+                    outcome["trained"].append(entry.job.name)
+                    echo(f"finished {entry.job.name} in {minutes:.1f} min")
+                else:
+                    outcome["failed"].append(entry.job.name)
+                    echo(f"FAILED {entry.job.name} (exit {entry.process.returncode}); see {entry.job.run_dir / LOG_FILE}")
+    finally:
+        for entry in running:  # interrupted: stop the children; their checkpoints let a rerun resume
+            entry.process.terminate()
+        for entry in running:
+            entry.process.wait()
+            entry.log.close()
+    return outcome
+
+
+# --- statistics ------------------------------------------------------------------------------------
+def iqm(values: Iterable[float]) -> float:
+    """Interquartile mean: the mean of the middle half (int(n/4) dropped at each end, as rliable does)."""
+    ordered = np.sort(np.asarray(list(values), dtype=np.float64))
+    cut = len(ordered) // 4
+    return float(ordered[cut:len(ordered) - cut].mean())
+
+
+def bootstrap_interval(values: Iterable[float], statistic: Callable[[np.ndarray], float] = iqm,
+                       samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of `statistic` over seeds (resampled with replacement)."""
+    data = np.asarray(list(values), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(samples)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
+
+
+# --- reading runs ----------------------------------------------------------------------------------
+def read_curve(run_dir: Path) -> dict[int, float]:
+    """step -> deterministic evaluation return, from metrics.jsonl (the last record of a step wins)."""
+    curve: dict[int, float] = {}
+    path = run_dir / METRICS_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if "eval_return" in record:
+                    curve[int(record["step"])] = float(record["eval_return"])
+    return curve
+
+
+def last_metrics(run_dir: Path) -> dict[str, Any]:
+    """The last record of metrics.jsonl (losses, alpha, steps/s at the end of training)."""
+    path = run_dir / METRICS_FILE
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def score_at(curve: dict[int, float], budget: int) -> float | None:
+    """The evaluation at `budget` steps: the last one at or before it, if the run got that far."""
+    if not curve or max(curve) < budget:
+        return None
+    return curve[max(step for step in curve if step <= budget)]
+
+
+# --- the report --------------------------------------------------------------------------------------
+def machine_info(command: str | None = None) -> dict[str, Any]:
+    """Command (default: this process's), versions, machine and date: what every number is recorded with."""
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("diffagent", "torch", "gymnasium", "mujoco", "numpy", "onnxruntime", "stable-baselines3"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"command": command or " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()},
+            "versions": versions}
+
+
+def load_references(path: Path) -> list[dict[str, Any]]:
+    """Reference results (zoo/references.toml): [[reference]] env, algo, steps, mean, std, source."""
+    if not path.is_file():
+        return []
+    return list(tomllib.loads(path.read_text()).get("reference", []))
+
+
+def _reference_for(references: list[dict], env_id: str, algo: str, steps: int) -> str:
+    family = "ppo" if algo in ON_POLICY else "sac"  # the Gaussian baseline the paper compares against
+    found = [r for r in references if r["env"] == env_id and r["algo"] == family and r["steps"] == steps]
+    return "; ".join(f"{family.upper()} {r['mean']:,.0f} +/- {r['std']:,.0f} ({r['source']})" for r in found) or "-"
+
+
+def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str, Any]]:
+    """One row per (env, algo, budget): per-seed scores, IQM with a bootstrap 95% interval, and more."""
+    references = references or []
+    rows = []
+    for (env_id, algo), budgets in grid.budgets.items():
+        jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)]
+        for budget in sorted(set(budgets)):
+            scores, times, missing = {}, [], []
+            for job in jobs:
+                score = score_at(read_curve(job.run_dir), budget)
+                if score is None:
+                    missing.append(job.seed)
+                    continue
+                scores[job.seed] = score
+                speed = last_metrics(job.run_dir).get("steps_per_second")
+                if speed:
+                    times.append(speed)
+            values = list(scores.values())
+            row = {"env": env_id, "algo": algo, "steps": budget, "seeds": sorted(scores), "missing_seeds": missing,
+                   "scores": scores, "reference": _reference_for(references, env_id, algo, budget),
+                   "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
+            if values:
+                row.update(iqm=iqm(values), ci=bootstrap_interval(values), mean=float(np.mean(values)),
+                           std=float(np.std(values)))
+            rows.append(row)
+    return rows
+
+
+def _format_row(row: dict[str, Any]) -> list[str]:
+    if "iqm" not in row:
+        return [row["env"], row["algo"], f"{row['steps']:,}", "0", "not run yet", "-", "-", row["reference"]]
+    low, high = row["ci"]
+    speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
+    return [row["env"], row["algo"], f"{row['steps']:,}", str(len(row["seeds"])),
+            f"{row['iqm']:,.1f} [{low:,.1f}, {high:,.1f}]", f"{row['mean']:,.1f} +/- {row['std']:,.1f}", speed,
+            row["reference"]]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results table: IQM [bootstrap 95% CI] over seeds, mean +/- std, speed, the reference beside."""
+    header = ["env", "algo", "steps", "seeds", "IQM [95% CI]", "mean +/- std", "steps/s", "reference"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_format_row(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
+    """Learning curves of every algorithm on `env_id`: IQM over seeds with a bootstrap 95% band."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    drawn = False
+    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
+        curves = [c for c in (read_curve(j.run_dir) for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))  # steps every seed has reached
+        if not steps:
+            continue
+        centre = [iqm(c[s] for c in curves) for s in steps]
+        bands = np.array([bootstrap_interval([c[s] for c in curves], samples=500) for s in steps])
+        line, = ax.plot(steps, centre, label=f"{algo} ({len(curves)} seeds)",
+                        linestyle="-" if algo.startswith("diff") else "--")
+        ax.fill_between(steps, bands[:, 0], bands[:, 1], color=line.get_color(), alpha=0.2)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set(title=f"{env_id}: evaluation return (IQM, 95% CI)", xlabel="environment steps", ylabel="return")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def multimodal_section(grid: Grid, env_id: str) -> list[str]:
+    """For the multimodal bandit: modes covered and per-mode mass against exp(Q/alpha), per algorithm,
+    and a plot of the first seed's sampled actions of every algorithm side by side."""
+    from diffagent.agent import Agent
+    from diffagent.multimodal import COVERAGE_THRESHOLD, MODE_RADIUS, mode_coverage, plot_samples
+
+    rows, first_seed = [], {}
+    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
+        coverages = []
+        for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"):
+            agent = Agent.from_pretrained(job.run_dir)
+            learned = last_metrics(job.run_dir).get("alpha")  # an autotuned alpha lives in the metrics only
+            coverage = mode_coverage(agent, alpha=learned, seed=job.seed)
+            coverages.append(coverage)
+            first_seed.setdefault(algo, coverage)
+        if not coverages:
+            continue
+        shares = " / ".join(" ".join(f"{100 * s:.0f}" for s in c.shares) for c in coverages)
+        rows.append(f"| {algo} | {len(coverages)} | {' '.join(str(c.modes_covered) for c in coverages)} | "
+                    f"{iqm(c.max_abs_error_points for c in coverages):.1f} | "
+                    f"{' '.join(f'{100 * t:.1f}' for t in coverages[0].targets)} | {shares} | "
+                    f"{iqm(100 * c.off_mode_share for c in coverages):.1f} | "
+                    f"{iqm(c.mean_reward for c in coverages):.3f} |")
+    if not rows:
+        return []
+    lines = [f"### {env_id}: modes covered", "",
+             f"10,000 sampled actions per seed; a sample belongs to a mode within {MODE_RADIUS} of its peak; a mode "
+             f"is covered with at least {100 * COVERAGE_THRESHOLD:.0f}% of the samples. Targets: the mass of "
+             "exp(r/alpha) in each mode region at the run's final alpha.", "",
+             "| algo | seeds | modes covered (per seed) | max abs error, points (IQM) | target % per mode | "
+             "share % per mode (per seed) | off-mode % (IQM) | mean reward (IQM) |", "|---|---|---|---|---|---|---|---|",
+             *rows, ""]
+    try:
+        png = plot_samples(first_seed, grid.results / f"{grid.name}-{env_file_name(env_id)}-samples.png")
+        lines += [f"![sampled actions on {env_id}]({png.name})", ""]
+    except ImportError:
+        pass
+    return lines
+
+
+def write_report(grid: Grid, references_path: Path | None = None, echo: Callable[[str], None] = print) -> Path:
+    """Write RESULTS/GRID.md (table, plots, commands), GRID.json (every number) and one PNG per env."""
+    references = load_references(references_path) if references_path else []
+    rows = summarize(grid, references)
+    grid.results.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    plots = {}
+    for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
+        png = plot_curves(grid, env_id, grid.results / f"{grid.name}-{env_file_name(env_id)}.png")
+        if png is not None:
+            plots[env_id] = png.name
+    machine = info["machine"]
+    lines = [f"# {grid.name}: results", "",
+             f"Grid `{grid.path.name}`, reported {info['date']} on {machine['cpu']} ({machine['cores']} cores), "
+             + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
+             "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
+             "of each seed); IQM and a percentile-bootstrap 95% interval across seeds; steps/s is the "
+             "median over seeds at the end of training (one thread per run, two runs per 2-core machine).", "",
+             markdown_table(rows), ""]
+    for env_id, png in plots.items():
+        lines += [f"![{env_id}]({png})", ""]
+    from diffagent.multimodal import ENV_ID as MULTIMODAL_ENV
+
+    if any(j.env_id == MULTIMODAL_ENV for j in grid.jobs):
+        lines += multimodal_section(grid, MULTIMODAL_ENV)
+    lines += ["Commands (one per seed; the runner adds --out, --threads 1 and --checkpoint-every):", ""]
+    lines += [f"    {row['command']}" for row in rows if row["steps"] == max(grid.budgets[(row['env'], row['algo'])])]
+    not_run = [f"{row['algo']} on {row['env']} at {row['steps']:,} (seeds {row['missing_seeds']})"
+               for row in rows if row["missing_seeds"]]
+    if not_run:
+        lines += ["", "Not run yet: " + "; ".join(not_run) + "."]
+    markdown = grid.results / f"{grid.name}.md"
+    markdown.write_text("\n".join(lines) + "\n")
+    write_json(grid.results / f"{grid.name}.json", {**info, "grid": str(grid.path), "rows": _jsonable(rows)})
+    echo(f"wrote {markdown}")
+    return markdown
+
+
+def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()}} for row in rows]
+

@@ -1,0 +1,152 @@
+"""Benchmark grids: parsing, the resumable runner, run locks, and the statistics of the report."""
+
+import json
+import textwrap
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from diffagent import Agent, ConfigError, DiffAgentError
+from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, read_curve, run_grid,
+                             score_at, summarize, write_report)
+from diffagent.cli import main
+from diffagent.io import run_lock
+
+TINY = {"policy_hidden_sizes": [16, 16], "critic_hidden_sizes": [16, 16], "learning_starts": 50, "batch_size": 32}
+
+
+def write_grid(root, steps, seeds=(0, 1), extra=""):
+    (root / "hyperparams").mkdir(exist_ok=True)
+    table = "\n".join(f"{k} = {json.dumps(v)}" for k, v in TINY.items())
+    (root / "hyperparams" / "Pendulum-v1.toml").write_text(f"[sac]\n{table}\n")
+    grid = root / "grids" / "tiny.toml"
+    grid.parent.mkdir(exist_ok=True)
+    grid.write_text(textwrap.dedent(f"""
+        name = "tiny"
+        out = "{root / 'runs'}"
+        hyperparams = "../hyperparams"
+        results = "../results"
+        {extra}
+        [[experiment]]
+        envs = ["Pendulum-v1"]
+        algos = ["sac"]
+        seeds = {list(seeds)}
+        steps = {steps}
+        eval_every = 100
+        eval_episodes = 1
+    """))
+    return grid
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    assert iqm([1, 2, 3, 4, 100]) == 3.0  # n = 5: one dropped at each end
+    assert iqm([1, 2, 3, 4]) == 2.5
+    assert iqm([7.0]) == 7.0
+
+
+def test_bootstrap_interval_brackets_the_iqm_and_is_reproducible():
+    scores = np.random.default_rng(0).normal(100, 20, size=8)
+    low, high = bootstrap_interval(scores)
+    assert low < iqm(scores) < high
+    assert (low, high) == bootstrap_interval(scores)
+    assert bootstrap_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+
+
+def test_score_is_read_off_the_curve_at_the_budget(tmp_path):
+    lines = [{"step": 100, "eval_return": -900.0}, {"step": 200, "eval_return": -500.0},
+             {"step": 200, "eval_return": -400.0}, {"step": 300, "loss": 1.0}, {"step": 400, "eval_return": -200.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    curve = read_curve(tmp_path)
+    assert curve == {100: -900.0, 200: -400.0, 400: -200.0}  # a step logged twice (a resume): the last wins
+    assert score_at(curve, 300) == -400.0
+    assert score_at(curve, 400) == -200.0
+    assert score_at(curve, 500) is None  # the run has not got there
+
+
+def test_grid_errors_say_what_is_wrong(tmp_path):
+    grid = write_grid(tmp_path, 100)
+    grid.write_text(grid.read_text().replace('algos = ["sac"]', 'algos = ["sax"]'))
+    with pytest.raises(ConfigError, match="unknown algorithm 'sax'"):
+        load_grid(grid)
+    grid.write_text(grid.read_text().replace('algos = ["sax"]', 'algos = ["sac"]\nset = { batch_size = 0 }'))
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        load_grid(grid)
+    grid.write_text('name = "x"\n')
+    with pytest.raises(ConfigError, match=r"no \[\[experiment\]\] tables"):
+        load_grid(grid)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_grid(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match=r"has no \[diffsac\] table \(it has: sac\)"):
+        load_hyperparameters(tmp_path / "hyperparams" / "Pendulum-v1.toml", "diffsac")
+
+
+def test_a_larger_budget_of_the_same_run_replaces_the_smaller(tmp_path):
+    grid = write_grid(tmp_path, 100, seeds=(0,))
+    text = grid.read_text()
+    grid.write_text(text + text[text.index("[[experiment]]"):].replace("steps = 100", "steps = 300"))
+    loaded = load_grid(grid)
+    assert [job.steps for job in loaded.jobs] == [300]
+    assert loaded.budgets[("Pendulum-v1", "sac")] == [100, 300]
+
+
+def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_path):
+    grid = load_grid(write_grid(tmp_path, 200))
+    messages = []
+    outcome = run_grid(grid, parallel=2, echo=messages.append, poll_seconds=0.2)
+    assert sorted(outcome["trained"]) == sorted(job.name for job in grid.jobs) and not outcome["failed"], messages
+    assert all(job.status() == "done" for job in grid.jobs)
+    hyper = json.loads((grid.jobs[0].run_dir / "config.json").read_text())["config"]
+    assert hyper["policy_hidden_sizes"] == [16, 16]  # the hyperparameter file was used
+
+    again = run_grid(grid, echo=messages.append, poll_seconds=0.2)
+    assert len(again["done"]) == 2 and not again["trained"]
+
+    longer = load_grid(write_grid(tmp_path, 300))  # a larger budget continues each run from its checkpoint
+    assert {job.status() for job in longer.jobs} == {"resume"}
+    outcome = run_grid(longer, parallel=2, echo=messages.append, poll_seconds=0.2)
+    assert len(outcome["trained"]) == 2, messages
+    for job in longer.jobs:
+        assert Agent.resume(job.run_dir).num_steps == 300
+        assert sorted(read_curve(job.run_dir)) == [100, 200, 300]
+    assert "train.log" in {p.name for p in longer.jobs[0].run_dir.iterdir()}
+
+    report = write_report(longer)
+    row = summarize(longer)[-1]
+    assert row["steps"] == 300 and row["seeds"] == [0, 1]
+    assert row["ci"][0] <= row["iqm"] <= row["ci"][1]
+    assert "| Pendulum-v1 | sac | 300 | 2 |" in report.read_text()
+    assert (report.parent / "tiny.json").is_file()
+    pytest.importorskip("matplotlib")
+    assert (report.parent / "tiny-Pendulum-v1.png").stat().st_size > 1000
+
+
+def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
+    grid = write_grid(tmp_path, 100, seeds=(0,))
+    grid.write_text(grid.read_text().replace('envs = ["Pendulum-v1"]', 'envs = ["NoSuchEnv-v0", "Pendulum-v1"]'))
+    outcome = run_grid(load_grid(grid), echo=lambda _: None, poll_seconds=0.2)
+    assert len(outcome["failed"]) == 1 and len(outcome["trained"]) == 1
+    assert "unknown environment id" in (tmp_path / "runs" / "NoSuchEnv-v0" / "sac" / "s0" / "train.log").read_text()
+
+
+def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(DiffAgentError, match="being trained by another process"):
+            Agent("sac", "Pendulum-v1", **TINY).learn(60, eval_every=0, run_dir=tmp_path, progress=False)
+        grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+        with run_lock(grid.jobs[0].run_dir):
+            outcome = run_grid(grid, echo=lambda _: None, poll_seconds=0.2)
+        assert outcome["skipped"] == [grid.jobs[0].name]
+
+
+def test_train_reads_a_hyperparameter_file_and_set_wins(tmp_path):
+    hparams = tmp_path / "h.toml"
+    hparams.write_text("[sac]\nbatch_size = 32\npolicy_hidden_sizes = [16, 16]\ncritic_hidden_sizes = [16, 16]\n"
+                       "learning_starts = 20\n")
+    result = CliRunner().invoke(main, ["train", "--algo", "sac", "--steps", "40", "--out", str(tmp_path / "run"),
+                                       "--hparams", str(hparams), "--set", "batch_size=16", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert config["batch_size"] == 16 and config["policy_hidden_sizes"] == [16, 16]
+    missing = CliRunner().invoke(main, ["train", "--algo", "ppo", "--hparams", str(hparams)])
+    assert missing.exit_code != 0 and "has no [ppo] table" in missing.output
