@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +101,16 @@ class Job:
     def has_checkpoint(self) -> bool:
         return (self.run_dir / CHECKPOINT_DIR / "latest.json").is_file()
 
+    def is_running(self) -> bool:
+        """Whether a process is training into this run's directory now (it holds the run's lock)."""
+        if not self.run_dir.is_dir():
+            return False
+        try:
+            with run_lock(self.run_dir):
+                return False
+        except DiffAgentError:
+            return True
+
     def status(self) -> str:
         """'done', 'resume' (a checkpoint to continue from), 'new', or 'stale' (results, no checkpoint)."""
         trained = self.trained_steps()
@@ -170,7 +181,7 @@ def load_grid(path: str | Path) -> Grid:
         steps = int(experiment["steps"])
         eval_every = int(experiment.get("eval_every", max(steps // 20, 1)))
         overrides = tuple(sorted(experiment.get("set", {}).items()))
-        for seed in experiment["seeds"]:  # seed-major: a stopped grid holds comparable seeds of every algo
+        for seed in experiment["seeds"]:
             for env_id in experiment["envs"]:
                 for algo in experiment["algos"]:
                     algo_spec(algo)
@@ -188,7 +199,8 @@ def load_grid(path: str | Path) -> Grid:
                         continue  # a larger budget of the same run covers this one
                     seen[run_dir] = job
                     grid.budgets.setdefault((env_id, algo), []).append(steps)
-    grid.jobs = list(seen.values())
+    # seed-major across experiments: a grid stopped early holds comparable seeds of every algorithm
+    grid.jobs = sorted(seen.values(), key=lambda job: job.seed)
     return grid
 
 
@@ -224,10 +236,15 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
             queue.append(job)
     echo(f"{grid.name}: {len(grid.jobs)} runs, {len(outcome['done'])} done, {len(queue)} to run, {parallel} at a time")
     running: list[_Running] = []
+    # `kill RUNNER` should stop its trainings too, as Ctrl-C does: both unwind through `finally`
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while queue or running:
             while queue and len(running) < parallel:
                 job = queue.pop(0)
+                if job.status() == "done":  # finished meanwhile by another runner working on the same runs
+                    outcome["done"].append(job.name)
+                    continue
                 try:
                     with run_lock(job.run_dir):  # the training takes this lock itself once it starts
                         if job.status() == "new":  # a run killed before its first checkpoint starts over
@@ -259,7 +276,12 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
         for entry in running:
             entry.process.wait()
             entry.log.close()
+        signal.signal(signal.SIGTERM, previous_handler)
     return outcome
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --- statistics ------------------------------------------------------------------------------------

@@ -168,13 +168,14 @@ def bench_run(grid_file, parallel, dry_run):
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @friendly_errors
 def bench_status(grid_file):
-    """List the runs of GRID_FILE: done, resume (a checkpoint to continue), new or stale, and the steps reached."""
+    """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached."""
     from diffagent.bench import load_grid, read_curve
 
     for job in load_grid(grid_file).jobs:
         curve = read_curve(job.run_dir)
         reached = f"{max(curve):,} steps, last eval {curve[max(curve)]:.1f}" if curve else "no evaluation yet"
-        click.echo(f"{job.status():6s} {job.name}: {reached}")
+        status = "running" if job.is_running() else job.status()
+        click.echo(f"{status:7s} {job.name}: {reached}")
 
 
 @bench.command("report")

@@ -1,7 +1,10 @@
 """Benchmark grids: parsing, the resumable runner, run locks, and the statistics of the report."""
 
 import json
+import subprocess
+import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -134,7 +137,9 @@ def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
         with pytest.raises(DiffAgentError, match="being trained by another process"):
             Agent("sac", "Pendulum-v1", **TINY).learn(60, eval_every=0, run_dir=tmp_path, progress=False)
         grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+        assert not grid.jobs[0].is_running()
         with run_lock(grid.jobs[0].run_dir):
+            assert grid.jobs[0].is_running()
             outcome = run_grid(grid, echo=lambda _: None, poll_seconds=0.2)
         assert outcome["skipped"] == [grid.jobs[0].name]
 
@@ -150,3 +155,29 @@ def test_train_reads_a_hyperparameter_file_and_set_wins(tmp_path):
     assert config["batch_size"] == 16 and config["policy_hidden_sizes"] == [16, 16]
     missing = CliRunner().invoke(main, ["train", "--algo", "ppo", "--hparams", str(hparams)])
     assert missing.exit_code != 0 and "has no [ppo] table" in missing.output
+
+
+def test_a_killed_runner_stops_its_trainings_and_a_rerun_resumes_them(tmp_path):
+    grid_file = write_grid(tmp_path, 3000, seeds=(0,), extra="")
+    grid_file.write_text(grid_file.read_text().replace("eval_every = 100", "eval_every = 500\ncheckpoint_every = 200"))
+    job = load_grid(grid_file).jobs[0]
+    runner = subprocess.Popen([sys.executable, "-m", "diffagent.cli", "bench", "run", str(grid_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(600):  # bounded: at most 60 s for the first checkpoint
+            if job.has_checkpoint():
+                break
+            time.sleep(0.1)
+        assert job.has_checkpoint(), "the training never wrote a checkpoint"
+    finally:
+        runner.terminate()
+        runner.wait(timeout=60)
+    for _ in range(100):  # the child is stopped with the runner, which releases the run's lock
+        if not job.is_running():
+            break
+        time.sleep(0.1)
+    assert not job.is_running() and job.status() == "resume"
+    outcome = run_grid(load_grid(grid_file), echo=lambda _: None, poll_seconds=0.2)
+    assert len(outcome["trained"]) == 1 and Agent.resume(job.run_dir).num_steps == 3000
+    steps = [json.loads(line)["step"] for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice across the kill
