@@ -193,7 +193,19 @@ def bench_report(grid_file, references):
 
 @main.group()
 def zoo() -> None:
-    """The trained models shipped in zoo/models: list them, or push them all to the Hub."""
+    """The trained models kept in zoo/models: add a run's, list them, push them all to the Hub."""
+
+
+@zoo.command("add")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("name")
+@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@friendly_errors
+def zoo_add(run_dir, name, models):
+    """Copy the artifact of RUN_DIR into the zoo as NAME, with its verified ONNX graph."""
+    from diffagent.zoo import add_to_zoo
+
+    click.echo(f"added {add_to_zoo(run_dir, name, models)}")
 
 
 @zoo.command("list")
@@ -201,7 +213,7 @@ def zoo() -> None:
 @friendly_errors
 def zoo_list(models):
     """Print every model of the zoo with its evaluation."""
-    from diffagent.hub import zoo_models
+    from diffagent.zoo import zoo_models
 
     for directory, meta, results in zoo_models(models):
         final = (results or {}).get("final_eval") or {}
@@ -218,7 +230,7 @@ def zoo_list(models):
 @friendly_errors
 def zoo_push(org, models, token, eval_episodes, video):
     """Push every zoo model to the Hub with its model card (evaluated afresh)."""
-    from diffagent.hub import push_zoo
+    from diffagent.zoo import push_zoo
 
     push_zoo(models, org, token=token, eval_episodes=eval_episodes, video=video, echo=click.echo)
 

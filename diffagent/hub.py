@@ -24,11 +24,10 @@ import json
 import os
 import re
 import shlex
-import shutil
 import string
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -221,42 +220,6 @@ def push_agent(agent: Agent, repo_id: str, *, token: str | None = None, private:
         agent.export_onnx(Path(tmp) / ONNX_FILE)
         return push(tmp, repo_id, token=token, private=private, commit_message=commit_message,
                     eval_episodes=eval_episodes, video=video, agent=agent)
-
-
-def zoo_models(models_dir: str | Path) -> list[tuple[Path, dict, dict | None]]:
-    """(directory, config.json, results.json or None) of every artifact directory in `models_dir`."""
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir():
-        raise ArtifactError(f"no zoo at {models_dir}: run from the repository root or pass --models DIR")
-    entries = []
-    for directory in sorted(p for p in models_dir.iterdir() if (p / CONFIG_FILE).is_file()):
-        meta, _ = load_artifact(directory)  # a broken model stops the listing before anything is pushed
-        results_path = directory / RESULTS_FILE
-        entries.append((directory, meta, read_json(results_path, str(directory)) if results_path.is_file() else None))
-    if not entries:
-        raise ArtifactError(f"{models_dir} holds no artifact directories (folders with {CONFIG_FILE})")
-    return entries
-
-
-def push_zoo(models_dir: str | Path, org: str, *, token: str | None = None, eval_episodes: int = 10,
-             video: bool = True, echo: Callable[[str], None] = print) -> list[str]:
-    """Push every model of `models_dir` to ORG/FOLDER_NAME with its model card; returns the commit URLs.
-
-    Each model is pushed from a temporary copy, so the zoo's own files are never rewritten.
-    """
-    entries = zoo_models(models_dir)
-    for directory, _, _ in entries:  # every name checked before the first (slow) push
-        validate_repo_id(f"{org}/{directory.name}")
-    urls = []
-    for directory, _, _ in entries:
-        repo_id = f"{org}/{directory.name}"
-        echo(f"pushing {directory} -> {repo_id}")
-        with tempfile.TemporaryDirectory(prefix="diffagent-zoo-") as tmp:
-            copy = Path(tmp) / directory.name
-            shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("checkpoints"))
-            urls.append(push(copy, repo_id, token=token, eval_episodes=eval_episodes, video=video))
-        echo(f"pushed: {urls[-1]}")
-    return urls
 
 
 def _is_transport_error(err: Exception) -> bool:

@@ -1,0 +1,52 @@
+"""The zoo: shipped models load and act (torch and ONNX agree), grid and hyperparameter files parse,
+and `zoo add` copies a run's artifact whole or not at all."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import serve
+from diffagent import Agent, ArtifactError
+from diffagent.bench import load_grid
+from diffagent.cli import main
+from diffagent.zoo import add_to_zoo, zoo_models
+
+ZOO = Path(__file__).parent.parent / "zoo"
+MODELS = sorted(p for p in (ZOO / "models").glob("*") if (p / "config.json").is_file())
+
+
+@pytest.mark.parametrize("grid", sorted((ZOO / "grids").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_grid_and_its_hyperparameters_parse(grid):
+    assert load_grid(grid).jobs  # every algorithm, hyperparameter file and override checked
+
+
+def test_the_zoo_ships_models():
+    assert len(MODELS) >= 2, "zoo/models should hold the headline models (diffagent zoo add)"
+    assert {meta["algo"] for _, meta, _ in zoo_models(ZOO / "models")} >= {"sac", "diffsac"}
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda p: p.name)
+def test_a_shipped_model_acts_the_same_in_torch_and_onnx(model):
+    agent = Agent.from_pretrained(model)
+    runtime = serve.load_policy(model)
+    obs = np.random.default_rng(0).normal(size=(8, agent.policy.obs_dim)).astype(np.float32)
+    np.testing.assert_allclose(runtime.act(obs, deterministic=True), agent.act(obs, deterministic=True), atol=1e-4)
+    assert sum(f.stat().st_size for f in model.iterdir()) < 2_000_000, "zoo models must stay small"
+
+
+def test_zoo_add_copies_the_artifact_and_exports_onnx(tmp_path):
+    run = tmp_path / "run"
+    Agent("sac", "Pendulum-v1", policy_hidden_sizes=(16, 16)).save_pretrained(run)
+    (run / "checkpoints").mkdir()
+    result = CliRunner().invoke(main, ["zoo", "add", str(run), "sac-Pendulum-v1", "--models", str(tmp_path / "models")])
+    assert result.exit_code == 0, result.output
+    added = tmp_path / "models" / "sac-Pendulum-v1"
+    assert {p.name for p in added.iterdir()} == {"config.json", "model.safetensors", "policy.onnx"}
+    with pytest.raises(ArtifactError, match="exists"):
+        add_to_zoo(run, "sac-Pendulum-v1", tmp_path / "models")
+    (run / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="corrupted"):
+        add_to_zoo(run, "broken", tmp_path / "models")
+    assert not (tmp_path / "models" / "broken").exists()
