@@ -373,11 +373,14 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
     for (env_id, algo), budgets in grid.budgets.items():
         jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)]
         for budget in sorted(set(budgets)):
-            scores, times, missing = {}, [], []
+            scores, times, missing, partial = {}, [], [], {}
             for job in jobs:
-                score = score_at(read_curve(job.run_dir), budget)
+                curve = read_curve(job.run_dir)
+                score = score_at(curve, budget)
                 if score is None:
                     missing.append(job.seed)
+                    if curve:  # stopped (or still running) short of the budget: say how far it got
+                        partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
                 scores[job.seed] = score
                 speed = last_metrics(job.run_dir).get("steps_per_second")
@@ -385,6 +388,7 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
                     times.append(speed)
             values = list(scores.values())
             row = {"env": env_id, "algo": algo, "steps": budget, "seeds": sorted(scores), "missing_seeds": missing,
+                   "partial": partial,
                    "scores": scores, "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
@@ -396,11 +400,16 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
 
 def _format_row(row: dict[str, Any]) -> list[str]:
     if "iqm" not in row:
-        return [row["env"], row["algo"], f"{row['steps']:,}", "0", "not run yet", "-", "-", row["reference"]]
+        reached = "; ".join(f"seed {seed}: {score:,.1f} at {step:,} steps" for seed, (step, score) in row["partial"].items())
+        return [row["env"], row["algo"], f"{row['steps']:,}", "0", f"not finished ({reached})" if reached else "not run",
+                "-", "-", row["reference"]]
     low, high = row["ci"]
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
-    return [row["env"], row["algo"], f"{row['steps']:,}", str(len(row["seeds"])),
-            f"{row['iqm']:,.1f} [{low:,.1f}, {high:,.1f}]", f"{row['mean']:,.1f} +/- {row['std']:,.1f}", speed,
+    spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}"
+    centre = f"{row['iqm']:,.1f} [{low:,.1f}, {high:,.1f}]"
+    if len(row["seeds"]) == 1:  # one seed has no spread to report
+        centre, spread = f"{row['iqm']:,.1f} (one seed)", "-"
+    return [row["env"], row["algo"], f"{row['steps']:,}", str(len(row["seeds"])), centre, spread, speed,
             row["reference"]]
 
 
@@ -412,31 +421,38 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# one colour per family: the Gaussian baseline dashed, its diffusion version solid
+FAMILY_COLOURS = {"sac": "tab:blue", "wpo": "tab:green", "ppo": "tab:purple"}
+
+
 def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
-    """Learning curves of every algorithm on `env_id`: IQM over seeds with a bootstrap 95% band."""
+    """Learning curves on `env_id`: IQM over seeds with a bootstrap 95% band, one panel for the
+    off-policy algorithms and one for the on-policy ones (their budgets differ tenfold)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.subplots()
+    algos = list(dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id))
+    panels = [group for group in ([a for a in algos if a not in ON_POLICY], [a for a in algos if a in ON_POLICY])
+              if group]
+    fig = Figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
     drawn = False
-    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
-        curves = [c for c in (read_curve(j.run_dir) for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
-        if not curves:
-            continue
-        steps = sorted(set.intersection(*(set(c) for c in curves)))  # steps every seed has reached
-        if not steps:
-            continue
-        centre = [iqm(c[s] for c in curves) for s in steps]
-        bands = np.array([bootstrap_interval([c[s] for c in curves], samples=500) for s in steps])
-        line, = ax.plot(steps, centre, label=f"{algo} ({len(curves)} seeds)",
-                        linestyle="-" if algo.startswith("diff") else "--")
-        ax.fill_between(steps, bands[:, 0], bands[:, 1], color=line.get_color(), alpha=0.2)
-        drawn = True
+    for ax, group in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for algo in group:
+            curves = [c for c in (read_curve(j.run_dir) for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []  # reached by every seed
+            if not steps:
+                continue
+            centre = [iqm(c[s] for c in curves) for s in steps]
+            bands = np.array([bootstrap_interval([c[s] for c in curves], samples=500) for s in steps])
+            colour = FAMILY_COLOURS[algo.removeprefix("diff")]
+            ax.plot(steps, centre, color=colour, linestyle="-" if algo.startswith("diff") else "--",
+                    label=f"{algo} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            ax.fill_between(steps, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
+            drawn = True
+        ax.set(title=f"{env_id}: evaluation return (IQM, 95% CI)", xlabel="environment steps", ylabel="return")
+        ax.grid(alpha=0.3)
+        ax.legend()
     if not drawn:
         return None
-    ax.set(title=f"{env_id}: evaluation return (IQM, 95% CI)", xlabel="environment steps", ylabel="return")
-    ax.grid(alpha=0.3)
-    ax.legend()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
@@ -499,7 +515,7 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
              "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
              "of each seed); IQM and a percentile-bootstrap 95% interval across seeds; steps/s is the "
-             "median over seeds at the end of training (one thread per run, two runs per 2-core machine).", "",
+             "median over seeds at the end of training (one thread per run).", "",
              markdown_table(rows), ""]
     for env_id, png in plots.items():
         lines += [f"![{env_id}]({png})", ""]
@@ -509,10 +525,10 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
         lines += multimodal_section(grid, MULTIMODAL_ENV)
     lines += ["Commands (one per seed; the runner adds --out, --threads 1 and --checkpoint-every):", ""]
     lines += [f"    {row['command']}" for row in rows if row["steps"] == max(grid.budgets[(row['env'], row['algo'])])]
-    not_run = [f"{row['algo']} on {row['env']} at {row['steps']:,} (seeds {row['missing_seeds']})"
+    not_run = [f"{row['algo']} on {row['env']} at {row['steps']:,} steps (seeds {', '.join(map(str, row['missing_seeds']))})"
                for row in rows if row["missing_seeds"]]
     if not_run:
-        lines += ["", "Not run yet: " + "; ".join(not_run) + "."]
+        lines += ["", "Not finished yet: " + "; ".join(not_run) + "."]
     markdown = grid.results / f"{grid.name}.md"
     markdown.write_text("\n".join(lines) + "\n")
     write_json(grid.results / f"{grid.name}.json", {**info, "grid": str(grid.path), "rows": _jsonable(rows)})
@@ -521,5 +537,7 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()}} for row in rows]
+    return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()},
+             "partial": {str(seed): {"step": step, "score": score} for seed, (step, score) in row["partial"].items()}}
+            for row in rows]
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from diffagent.policies.chain import ChainLogProbs, gaussian_log_prob, tanh_log_det
+from diffagent.policies.chain import LOG_SQRT_2PI, ChainLogProbs, gaussian_log_prob, tanh_log_det
 from diffagent.policies.normalizer import RunningNorm
 
 Kernel = tuple[torch.Tensor, torch.Tensor]  # (mean, log_std) of a diagonal Gaussian
@@ -93,7 +93,10 @@ class Policy(nn.Module):
             noise = torch.zeros(shape, device=obs.device) if deterministic else torch.randn(shape, device=obs.device)
         states, kernels = self._run_chain(obs, noise)
         chain = torch.stack(states, dim=1)
-        forward = torch.stack([gaussian_log_prob(chain[:, k + 1], m, s) for k, (m, s) in enumerate(kernels)], -1)
+        # x_{k+1} = mean_k + std_k * noise_{k+1}: the standardised residual of every step *is* its noise, so
+        # log q_theta(x_{k+1} | x_k) needs no residuals; value and reparameterised gradient are unchanged
+        log_stds = torch.stack([log_std for _, log_std in kernels], dim=1)
+        forward = (-0.5 * noise[:, 1:].square() - log_stds - LOG_SQRT_2PI).sum(-1)
         return PolicySample(torch.tanh(chain[:, -1]), chain, self._complete_log_probs(chain, forward))
 
     def score(self, obs: torch.Tensor, chain: torch.Tensor) -> ChainLogProbs:
