@@ -27,10 +27,10 @@ from diffagent.algos import ALGORITHM_CLASSES, Algorithm
 from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
 from diffagent.envs import EnvSource, UnavailableEnv, check_spaces, env_factory, space_from_dict, space_to_dict
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
-from diffagent.io import RESULTS_FILE, atomic_write, load_checkpoint, run_lock, save_artifact, save_checkpoint, write_json
+from diffagent.io import (METRICS_FILE, RESULTS_FILE, atomic_write, load_checkpoint, read_jsonl, run_lock, save_artifact,
+                          save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
 
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -104,6 +104,7 @@ class Agent:
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
         self._progress: _LearnProgress | None = None
+        self._resumed_from: Path | None = None  # the run directory `resume` read, until `learn` continues it
 
     # --- properties --------------------------------------------------------------------------------
     @property
@@ -191,6 +192,9 @@ class Agent:
         state.total_steps = total_steps
         run_path = Path(run_dir) if run_dir is not None else None
         with run_lock(run_path) if run_path is not None else contextlib.nullcontext():
+            if run_path is not None and run_path.resolve() == self._resumed_from:
+                _drop_metrics_after(run_path / METRICS_FILE, self.num_steps)  # under the lock, once
+                self._resumed_from = None
             algorithm = self.algorithm
             algorithm.total_steps = total_steps
             bar = tqdm(total=total_steps, initial=algorithm.num_steps, disable=None if progress is None else not progress,
@@ -342,8 +346,7 @@ class Agent:
         agent = cls._from_meta(meta, state["algorithm"]["components"]["policy"], env, device, source=str(run_dir))
         agent.algorithm.load_state_dict(state["algorithm"])
         agent._progress = _LearnProgress(**state["progress"])
-        with run_lock(run_dir):  # never rewrite the metrics of a run another process is training
-            _drop_metrics_after(Path(run_dir) / METRICS_FILE, agent.num_steps)
+        agent._resumed_from = Path(run_dir).resolve()
         return agent
 
 
@@ -365,9 +368,8 @@ def _drop_metrics_after(path: Path, step: int) -> None:
     and a curve must not hold two records of one step."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+    kept = "".join(json.dumps(record) + "\n" for record in read_jsonl(path) if record.get("step", 0) <= step)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(kept))
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

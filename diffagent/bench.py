@@ -4,9 +4,9 @@ resumably, then aggregate the runs into IQM tables with bootstrap intervals and 
 A grid file (TOML, see zoo/grids/) lists experiments:
 
     name = "classic"
-    out = "runs/zoo"                 # run directories, relative to the working directory
+    out = "../../runs/zoo"           # run directories         (paths are relative to this file)
     hyperparams = "../hyperparams"   # per-env files <env>.toml with an [algo] table each (optional)
-    results = "../results"           # where `report` writes tables and plots (relative to this file)
+    results = "../results"           # where `report` writes tables and plots
     references = "../references.toml"  # published numbers shown beside ours (optional)
 
     [[experiment]]
@@ -18,16 +18,18 @@ A grid file (TOML, see zoo/grids/) lists experiments:
     eval_episodes = 10
 
 Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
-run from its checkpoint, and a budget's score is read off the curve at that step.
+run from its checkpoint, and a budget's score is the last evaluation at or before that step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,14 +41,20 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from diffagent.config import algo_spec, cli_value, make_config
-from diffagent.errors import ConfigError, DiffAgentError
-from diffagent.io import CHECKPOINT_DIR, RESULTS_FILE, run_lock, write_json
+from diffagent.config import PPOConfig, algo_spec, cli_value, make_config
+from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
+from diffagent.io import (CHECKPOINT_DIR, HELD_LOCK_ENV, METRICS_FILE, RESULTS_FILE, has_checkpoint, read_json,
+                          read_jsonl, run_is_locked, run_lock, write_json)
 
-METRICS_FILE = "metrics.jsonl"  # written by Agent.learn
 LOG_FILE = "train.log"
-ON_POLICY = ("ppo", "diffppo")
 BOOTSTRAP_SAMPLES = 2000
+GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "experiment"}
+EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set"}
+
+
+def is_on_policy(algo: str) -> bool:
+    """PPO-family algorithms train at ten times the budget, so reports keep them apart."""
+    return algo_spec(algo).config_class is PPOConfig
 
 
 # --- grid files ------------------------------------------------------------------------------------
@@ -92,24 +100,18 @@ class Job:
         return f"{self.algo} {self.env_id} seed {self.seed} ({self.steps:,} steps)"
 
     def trained_steps(self) -> int | None:
-        """Steps of the finished run here (results.json), or None."""
+        """Steps of the finished run in run_dir (from its results.json), or None when it has not finished."""
         try:
             return int(json.loads((self.run_dir / RESULTS_FILE).read_text())["total_steps"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def has_checkpoint(self) -> bool:
-        return (self.run_dir / CHECKPOINT_DIR / "latest.json").is_file()
+        return has_checkpoint(self.run_dir)
 
     def is_running(self) -> bool:
         """Whether a process is training into this run's directory now (it holds the run's lock)."""
-        if not self.run_dir.is_dir():
-            return False
-        try:
-            with run_lock(self.run_dir):
-                return False
-        except DiffAgentError:
-            return True
+        return run_is_locked(self.run_dir)
 
     def status(self) -> str:
         """'done', 'resume' (a checkpoint to continue from), 'new', or 'stale' (results, no checkpoint)."""
@@ -134,7 +136,7 @@ class Job:
     def process_command(self) -> list[str]:
         """What the runner executes: train (new) or resume (a checkpoint exists), one thread."""
         cli = [sys.executable, "-m", "diffagent.cli"]
-        if self.status() == "resume":
+        if self.has_checkpoint():
             return cli + ["resume", str(self.run_dir), "--steps", str(self.steps), "--threads", "1"]
         return (cli + self.train_command("")[1:]
                 + ["--out", str(self.run_dir), "--threads", "1", "--checkpoint-every", str(self.checkpoint_every)])
@@ -151,10 +153,40 @@ class Grid:
     references: Path | None = None
     jobs: list[Job] = field(default_factory=list)
     budgets: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """(env, algo) -> every step budget the grid asks of it (a run covers all of them up to its largest)."""
+
+
+def _checked(where: str, name: str, value: Any, kind: type, positive: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind) or (positive and value < 1):
+        expected = {int: "a positive integer" if positive else "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def _checked_list(where: str, name: str, value: Any, kind: type) -> list:
+    if not isinstance(value, list) or not value:
+        example = "[0, 1, 2]" if kind is int else '["a", "b"]'
+        raise ConfigError(f"{where}: {name} must be a non-empty list, e.g. {name} = {example}, got {value!r}")
+    return [_checked(where, f"an entry of {name}", item, kind) for item in value]
+
+
+def _unknown_keys(where: str, keys: Iterable[str], known: set[str]) -> None:
+    import difflib
+
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
 def load_grid(path: str | Path) -> Grid:
-    """Parse and check a grid file; every algorithm and override is validated before anything runs."""
+    """Parse and check a grid file; every env, algorithm, hyperparameter and override is validated
+    before anything runs, so a typo fails here and not in a job hours later."""
+    import gymnasium as gym
+
+    import diffagent  # noqa: F401  registers diffagent's own envs
+
     path = Path(path)
     try:
         spec = tomllib.loads(path.read_text())
@@ -162,43 +194,71 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"grid file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"grid file {path} is not valid TOML: {err}") from None
+    _unknown_keys(str(path), spec, GRID_KEYS)
     experiments = spec.get("experiment")
     if not isinstance(experiments, list) or not experiments:
         raise ConfigError(f"{path} has no [[experiment]] tables; see the example in diffagent/bench.py")
-    def beside(relative: str) -> Path:  # a path in the grid file is relative to the grid file
-        return Path(os.path.normpath(path.parent / relative))
 
-    hyper_dir = beside(spec["hyperparams"]) if "hyperparams" in spec else None
-    grid = Grid(name=str(spec.get("name", path.stem)), path=path, out=Path(spec.get("out", f"runs/{path.stem}")),
-                results=beside(spec.get("results", "results")),
-                references=beside(spec["references"]) if "references" in spec else None)
+    def beside(key: str, default: str | None = None) -> Path | None:  # paths in a grid file are relative to it
+        value = spec.get(key, default)
+        return None if value is None else Path(os.path.normpath(path.parent / _checked(str(path), key, value, str)))
+
+    hyper_dir = beside("hyperparams")
+    if hyper_dir is not None and not hyper_dir.is_dir():
+        raise ConfigError(f"{path}: hyperparams folder {hyper_dir} does not exist")
+    grid = Grid(name=_checked(str(path), "name", spec.get("name", path.stem), str), path=path,
+                out=beside("out", f"runs/{path.stem}"), results=beside("results", "results"),
+                references=beside("references"))
     seen: dict[Path, Job] = {}
     for number, experiment in enumerate(experiments, 1):
-        where = f"{path} experiment {number}"
+        where = f"{path}, experiment {number}"
+        _unknown_keys(where, experiment, EXPERIMENT_KEYS)
         missing = {"envs", "algos", "seeds", "steps"} - set(experiment)
         if missing:
             raise ConfigError(f"{where} lacks {', '.join(sorted(missing))}")
-        steps = int(experiment["steps"])
-        eval_every = int(experiment.get("eval_every", max(steps // 20, 1)))
-        overrides = tuple(sorted(experiment.get("set", {}).items()))
-        for seed in experiment["seeds"]:
-            for env_id in experiment["envs"]:
-                for algo in experiment["algos"]:
+        steps = _checked(where, "steps", experiment["steps"], int, positive=True)
+        eval_every = _checked(where, "eval_every", experiment.get("eval_every", max(steps // 10, 1)), int, True)
+        eval_episodes = _checked(where, "eval_episodes", experiment.get("eval_episodes", 10), int, True)
+        # at least every evaluation's worth of steps: a checkpoint costs about as much as an evaluation
+        checkpoint_every = _checked(where, "checkpoint_every",
+                                    experiment.get("checkpoint_every", max(steps // 10, eval_every)), int, True)
+        overrides = experiment.get("set", {})
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: set must be a table of overrides, e.g. set = {{ batch_size = 512 }}")
+        overrides = tuple(sorted(overrides.items()))
+        envs = _checked_list(where, "envs", experiment["envs"], str)
+        algos = [algo.lower() for algo in _checked_list(where, "algos", experiment["algos"], str)]
+        for env_id in envs:
+            if env_id not in gym.registry:
+                raise ConfigError(f"{where}: unknown environment id {env_id!r}")
+        for seed in _checked_list(where, "seeds", experiment["seeds"], int):
+            for env_id in envs:
+                for algo in algos:
                     algo_spec(algo)
                     hyper_file = hyper_dir / f"{env_file_name(env_id)}.toml" if hyper_dir else None
                     if hyper_file is not None and not hyper_file.is_file():
-                        hyper_file = None
+                        hyper_file = None  # the library defaults; `bench run --dry-run` shows which file each run uses
                     hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
-                    make_config(algo, {**hyper, **dict(overrides)})  # a typo fails here, not in a job hours later
+                    try:
+                        make_config(algo, {**hyper, **dict(overrides)})
+                    except ConfigError as err:
+                        raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
                     run_dir = grid.out / env_file_name(env_id) / algo / f"s{seed}"
-                    job = Job(algo, env_id, int(seed), steps, eval_every, int(experiment.get("eval_episodes", 10)),
-                              int(experiment.get("checkpoint_every", max(steps // 10, eval_every))), run_dir,
+                    job = Job(algo, env_id, seed, steps, eval_every, eval_episodes, checkpoint_every, run_dir,
                               hyper_file, overrides)
+                    grid.budgets.setdefault((env_id, algo), [])
+                    if steps not in grid.budgets[(env_id, algo)]:
+                        grid.budgets[(env_id, algo)].append(steps)
                     previous = seen.get(run_dir)
-                    if previous is not None and previous.steps >= steps:
-                        continue  # a larger budget of the same run covers this one
+                    if previous is not None:
+                        if (previous.eval_every, previous.eval_episodes, previous.overrides) != (
+                                job.eval_every, job.eval_episodes, job.overrides):
+                            raise ConfigError(f"{where}: {algo} on {env_id} seed {seed} is also in an earlier "
+                                              "experiment with other eval_every, eval_episodes or set; one run "
+                                              "directory serves both budgets, so they must agree")
+                        if previous.steps >= steps:
+                            continue  # the larger budget's run covers this one
                     seen[run_dir] = job
-                    grid.budgets.setdefault((env_id, algo), []).append(steps)
     # seed-major across experiments: a grid stopped early holds comparable seeds of every algorithm
     grid.jobs = sorted(seen.values(), key=lambda job: job.seed)
     return grid
@@ -210,7 +270,12 @@ class _Running:
     job: Job
     process: subprocess.Popen
     log: Any
+    lock: contextlib.AbstractContextManager  # the run's lock, held from before the start to after the exit
     started: float
+
+    def close(self) -> None:
+        self.log.close()
+        self.lock.__exit__(None, None, None)
 
 
 def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None] = print,
@@ -218,23 +283,26 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
     """Run every unfinished job of `grid`, `parallel` at a time (default: one per core), one thread each.
 
     A job with a checkpoint resumes from it; a finished job is skipped; a job whose directory is
-    locked by a job still running (another runner, or one orphaned by a killed runner) is skipped.
-    Each job's output goes to RUN_DIR/train.log. Returns the job names per outcome.
+    locked by a training still running (another runner's, or one started by hand) is skipped. The
+    runner takes each job's lock before starting it and hands it to the child, so two runners on
+    one grid never start the same job. Each job's output goes to RUN_DIR/train.log. Returns the
+    job names per outcome: already_done, trained, failed, skipped.
     """
     parallel = max(1, parallel or os.cpu_count() or 1)
-    outcome: dict[str, list[str]] = {"done": [], "trained": [], "failed": [], "skipped": []}
+    outcome: dict[str, list[str]] = {"already_done": [], "trained": [], "failed": [], "skipped": []}
     queue: list[Job] = []
     for job in grid.jobs:
         status = job.status()
         if status == "done":
-            outcome["done"].append(job.name)
+            outcome["already_done"].append(job.name)
         elif status == "stale":
             outcome["skipped"].append(job.name)
             echo(f"skip {job.name}: {job.run_dir} holds a finished {job.trained_steps():,}-step run and no "
                  "checkpoint to extend it from; move it away to train again")
         else:
             queue.append(job)
-    echo(f"{grid.name}: {len(grid.jobs)} runs, {len(outcome['done'])} done, {len(queue)} to run, {parallel} at a time")
+    echo(f"{grid.name}: {len(grid.jobs)} runs, {len(outcome['already_done'])} done, {len(queue)} to run, "
+         f"{parallel} at a time")
     running: list[_Running] = []
     # `kill RUNNER` should stop its trainings too, as Ctrl-C does: both unwind through `finally`
     previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -242,27 +310,36 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
         while queue or running:
             while queue and len(running) < parallel:
                 job = queue.pop(0)
-                if job.status() == "done":  # finished meanwhile by another runner working on the same runs
-                    outcome["done"].append(job.name)
-                    continue
+                lock = run_lock(job.run_dir, wait_seconds=0.0)
                 try:
-                    with run_lock(job.run_dir):  # the training takes this lock itself once it starts
-                        if job.status() == "new":  # a run killed before its first checkpoint starts over
-                            (job.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                    handle = lock.__enter__()
                 except DiffAgentError:
                     outcome["skipped"].append(job.name)
                     echo(f"skip {job.name}: another process is training it")
                     continue
-                verb = "resume" if job.status() == "resume" else "start"
-                log = open(job.run_dir / LOG_FILE, "a")
-                process = subprocess.Popen(job.process_command(), stdout=log, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL)
-                running.append(_Running(job, process, log, time.perf_counter()))
+                try:
+                    if job.status() == "done":  # finished meanwhile by another runner on the same runs
+                        lock.__exit__(None, None, None)
+                        outcome["already_done"].append(job.name)
+                        continue
+                    if not job.has_checkpoint():  # killed before its first complete checkpoint: start over
+                        (job.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                        shutil.rmtree(job.run_dir / CHECKPOINT_DIR, ignore_errors=True)
+                    verb = "resume" if job.has_checkpoint() else "start"
+                    log = open(job.run_dir / LOG_FILE, "a")
+                    env = {**os.environ, HELD_LOCK_ENV: str(Path(handle.name).resolve())}
+                    # the child inherits the lock file, so the lock outlives this runner if it is killed -9
+                    process = subprocess.Popen(job.process_command(), stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL, env=env, pass_fds=(handle.fileno(),))
+                except BaseException:
+                    lock.__exit__(None, None, None)
+                    raise
+                running.append(_Running(job, process, log, lock, time.perf_counter()))
                 echo(f"{verb} {job.name} -> {job.run_dir}")
             time.sleep(poll_seconds)
             for entry in [r for r in running if r.process.poll() is not None]:
                 running.remove(entry)
-                entry.log.close()
+                entry.close()
                 minutes = (time.perf_counter() - entry.started) / 60
                 if entry.process.returncode == 0:
                     outcome["trained"].append(entry.job.name)
@@ -274,8 +351,12 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
         for entry in running:  # interrupted: stop the children; their checkpoints let a rerun resume
             entry.process.terminate()
         for entry in running:
-            entry.process.wait()
-            entry.log.close()
+            try:
+                entry.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                entry.process.kill()
+                entry.process.wait()
+            entry.close()
         signal.signal(signal.SIGTERM, previous_handler)
     return outcome
 
@@ -305,22 +386,14 @@ def bootstrap_interval(values: Iterable[float], statistic: Callable[[np.ndarray]
 # --- reading runs ----------------------------------------------------------------------------------
 def read_curve(run_dir: Path) -> dict[int, float]:
     """step -> deterministic evaluation return, from metrics.jsonl (the last record of a step wins)."""
-    curve: dict[int, float] = {}
-    path = run_dir / METRICS_FILE
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                if "eval_return" in record:
-                    curve[int(record["step"])] = float(record["eval_return"])
-    return curve
+    return {int(record["step"]): float(record["eval_return"])
+            for record in read_jsonl(run_dir / METRICS_FILE) if "eval_return" in record}
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:
-    """The last record of metrics.jsonl (losses, alpha, steps/s at the end of training)."""
-    path = run_dir / METRICS_FILE
-    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    """The last record of metrics.jsonl (losses and alpha at the end of training)."""
+    records = read_jsonl(run_dir / METRICS_FILE)
+    return records[-1] if records else {}
 
 
 def score_at(curve: dict[int, float], budget: int) -> float | None:
@@ -353,17 +426,39 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
             "versions": versions}
 
 
-def load_references(path: Path) -> list[dict[str, Any]]:
-    """Reference results (zoo/references.toml): [[reference]] env, algo, steps, mean, std, source."""
-    if not path.is_file():
+REFERENCE_KEYS = {"env", "algo", "steps", "mean", "std", "source"}
+
+
+def load_references(path: Path | None) -> list[dict[str, Any]]:
+    """Reference results (zoo/references.toml): [[reference]] tables of env, algo, steps, mean, std, source."""
+    if path is None:
         return []
-    return list(tomllib.loads(path.read_text()).get("reference", []))
+    try:
+        references = tomllib.loads(Path(path).read_text()).get("reference", [])
+    except FileNotFoundError:
+        raise ConfigError(f"reference file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"reference file {path} is not valid TOML: {err}") from None
+    for number, reference in enumerate(references, 1):
+        missing = REFERENCE_KEYS - set(reference)
+        if missing:
+            raise ConfigError(f"{path}, reference {number} lacks {', '.join(sorted(missing))}")
+    return references
 
 
 def _reference_for(references: list[dict], env_id: str, algo: str, steps: int) -> str:
-    family = "ppo" if algo in ON_POLICY else "sac"  # the Gaussian baseline the paper compares against
+    family = "ppo" if is_on_policy(algo) else "sac"  # the Gaussian baseline the paper compares against
     found = [r for r in references if r["env"] == env_id and r["algo"] == family and r["steps"] == steps]
     return "; ".join(f"{family.upper()} {r['mean']:,.0f} +/- {r['std']:,.0f} ({r['source']})" for r in found) or "-"
+
+
+def _steps_per_second(run_dir: Path) -> float | None:
+    """Whole-run speed of a finished run, evaluations included (results.json)."""
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        return results["total_steps"] / results["train_time_s"]
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
 
 
 def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str, Any]]:
@@ -371,8 +466,8 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
     references = references or []
     rows = []
     for (env_id, algo), budgets in grid.budgets.items():
-        jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)]
-        for budget in sorted(set(budgets)):
+        for budget in sorted(budgets):
+            jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.steps >= budget]
             scores, times, missing, partial = {}, [], [], {}
             for job in jobs:
                 curve = read_curve(job.run_dir)
@@ -383,7 +478,7 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
                         partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
                 scores[job.seed] = score
-                speed = last_metrics(job.run_dir).get("steps_per_second")
+                speed = _steps_per_second(job.run_dir)
                 if speed:
                     times.append(speed)
             values = list(scores.values())
@@ -431,7 +526,7 @@ def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
     algos = list(dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id))
-    panels = [group for group in ([a for a in algos if a not in ON_POLICY], [a for a in algos if a in ON_POLICY])
+    panels = [group for group in ([a for a in algos if not is_on_policy(a)], [a for a in algos if is_on_policy(a)])
               if group]
     fig = Figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
     drawn = False
@@ -499,23 +594,32 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
 
 
 def write_report(grid: Grid, references_path: Path | None = None, echo: Callable[[str], None] = print) -> Path:
-    """Write RESULTS/GRID.md (table, plots, commands), GRID.json (every number) and one PNG per env."""
-    references = load_references(references_path) if references_path else []
+    """Write RESULTS/GRID.md (table, plots, commands), GRID.json (every number) and one PNG per env.
+
+    `references_path`: published results shown beside ours (see `load_references`), or None.
+    """
+    references = load_references(references_path)
+    if not grid.out.is_dir():
+        echo(f"warning: {grid.out} (the grid's `out`) does not exist: no run of this grid has started")
     rows = summarize(grid, references)
     grid.results.mkdir(parents=True, exist_ok=True)
     info = machine_info()
     plots = {}
-    for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
-        png = plot_curves(grid, env_id, grid.results / f"{grid.name}-{env_file_name(env_id)}.png")
-        if png is not None:
-            plots[env_id] = png.name
+    try:
+        for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
+            png = plot_curves(grid, env_id, grid.results / f"{grid.name}-{env_file_name(env_id)}.png")
+            if png is not None:
+                plots[env_id] = png.name
+    except ImportError:
+        echo("no plots: they need matplotlib (pip install 'diffagent[bench]')")
     machine = info["machine"]
     lines = [f"# {grid.name}: results", "",
-             f"Grid `{grid.path.name}`, reported {info['date']} on {machine['cpu']} ({machine['cores']} cores), "
-             + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
+             f"Grid `{grid.path.name}`; report written {info['date']} on {machine['cpu']} ({machine['cores']} "
+             "cores) with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
              "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
              "of each seed); IQM and a percentile-bootstrap 95% interval across seeds; steps/s is the "
-             "median over seeds at the end of training (one thread per run).", "",
+             "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
+             "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]
     for env_id, png in plots.items():
         lines += [f"![{env_id}]({png})", ""]

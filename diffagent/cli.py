@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from diffagent.config import ALGORITHMS, algo_spec, config_fields, field_docs, parse_overrides
+from diffagent.zoo import DEFAULT_MODELS_DIR
 
 DEFAULT_ALGO = "diffsac"
 DEFAULT_ENV = "Pendulum-v1"
@@ -77,6 +78,7 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
             click.echo(f"{name} = {default!r}\n    {docs.get(name, '')}")
         return
     from diffagent import Agent
+    from diffagent.io import has_checkpoint
 
     _set_threads(threads)
     values = parse_overrides(overrides)
@@ -87,7 +89,7 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
     elif (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
         values = {**QUICKSTART_OVERRIDES, **values}
     out = Path(out or f"runs/{algo}-{env_id}-s{seed}")
-    if (out / "checkpoints").exists():
+    if has_checkpoint(out):
         raise click.ClickException(f"{out} already holds a run; continue it with `diffagent resume {out}` "
                                    "or pass another --out")
     agent = Agent(algo, env_id, device=device, seed=seed, **values)
@@ -199,7 +201,7 @@ def zoo() -> None:
 @zoo.command("add")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.argument("name")
-@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@click.option("--models", default=str(DEFAULT_MODELS_DIR), show_default=True, type=click.Path(file_okay=False))
 @friendly_errors
 def zoo_add(run_dir, name, models):
     """Copy the artifact of RUN_DIR into the zoo as NAME, with its verified ONNX graph."""
@@ -209,7 +211,7 @@ def zoo_add(run_dir, name, models):
 
 
 @zoo.command("list")
-@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@click.option("--models", default=str(DEFAULT_MODELS_DIR), show_default=True, type=click.Path(file_okay=False))
 @friendly_errors
 def zoo_list(models):
     """Print every model of the zoo with its evaluation."""
@@ -217,13 +219,14 @@ def zoo_list(models):
 
     for directory, meta, results in zoo_models(models):
         final = (results or {}).get("final_eval") or {}
-        score = f"{final['mean']:.1f} +/- {final['std']:.1f} at {results['total_steps']:,} steps" if final else "-"
+        score = (f"{final['mean']:.1f} +/- {final['std']:.1f} at {final['step']:,} steps"
+                 if {"mean", "std", "step"} <= set(final) else "no evaluation recorded")
         click.echo(f"{directory.name}: {meta['algo']} on {meta['env_id']}, {score}")
 
 
 @zoo.command("push")
 @click.option("--org", required=True, help="Hub user or organisation; each model goes to ORG/DIRECTORY_NAME.")
-@click.option("--models", default="zoo/models", show_default=True, type=click.Path(file_okay=False))
+@click.option("--models", default=str(DEFAULT_MODELS_DIR), show_default=True, type=click.Path(file_okay=False))
 @click.option("--token", default=None, help="Hub token with write access [default: HF_TOKEN, then `hf auth login`].")
 @click.option("--eval-episodes", default=10, show_default=True, type=int)
 @click.option("--video/--no-video", default=True, show_default=True)

@@ -14,8 +14,9 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,7 +36,10 @@ WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "policy.onnx"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest.json"  # in CHECKPOINT_DIR: names the last complete checkpoint
+METRICS_FILE = "metrics.jsonl"  # in a run directory: one JSON record per log interval
 LOCK_FILE = ".lock"
+HELD_LOCK_ENV = "DIFFAGENT_HELD_LOCK"
 _TENSOR_KEY = "__tensor__"
 
 
@@ -177,7 +181,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    write_json(root / "latest.json", {"checkpoint": final.name, "step": step})
+    write_json(root / LATEST_FILE, {"checkpoint": final.name, "step": step})
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for partial in root.glob(".partial-*"):  # left by a run killed mid-write
@@ -189,7 +193,7 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
 def load_checkpoint(run_dir: str | Path) -> dict:
     """The state saved by the last completed `save_checkpoint` in run_dir."""
     root = Path(run_dir) / CHECKPOINT_DIR
-    pointer = read_json(root / "latest.json", f"cannot resume {run_dir}")
+    pointer = read_json(root / LATEST_FILE, f"cannot resume {run_dir}")
     folder = root / str(pointer.get("checkpoint", ""))
     meta = read_json(folder / "state.json", f"cannot resume {run_dir}")
     check_format_version(meta, folder / "state.json")
@@ -198,27 +202,79 @@ def load_checkpoint(run_dir: str | Path) -> dict:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on a run directory while training writes to it.
+def run_lock(run_dir: str | Path, wait_seconds: float = 2.0) -> Iterator[IO | None]:
+    """Hold an exclusive lock on a run directory while training writes to it; yields the lock file.
 
     Two processes training into one directory would interleave their checkpoints and metrics; the
-    second is refused with the first one's pid. The lock dies with its process, so a killed run
-    never leaves a stale one.
+    second is refused (after `wait_seconds`, which rides out a brief `bench status` probe) with the
+    first one's pid. The lock dies with the last process holding it, so a kill never leaves a stale
+    one. A process started by `diffagent bench run` inherits the lock its runner took for it (named
+    in DIFFAGENT_HELD_LOCK) and so does not lock again.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / LOCK_FILE, "a+") as handle:
+    path = run_dir / LOCK_FILE
+    if os.environ.get(HELD_LOCK_ENV) == str(path.resolve()):
+        yield None
+        return
+    with open(path, "a+") as handle:
         if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip()
-                raise DiffAgentError(f"{run_dir} is being trained by another process"
-                                     f"{f' (pid {holder})' if holder else ''}; wait for it to finish, or stop "
-                                     "it, or train into another directory") from None
+            deadline = time.monotonic() + wait_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        handle.seek(0)
+                        holder = handle.read().strip()
+                        raise DiffAgentError(f"{run_dir} is being trained by another process"
+                                             f"{f' (pid {holder})' if holder else ''}; wait for it to finish, or "
+                                             "stop it, or train into another directory") from None
+                    time.sleep(0.05)
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        yield
+        yield handle
+
+
+def run_is_locked(run_dir: str | Path) -> bool:
+    """Whether a process holds `run_lock` on run_dir now; a shared probe that writes nothing."""
+    path = Path(run_dir) / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return False
+    with open(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def has_checkpoint(run_dir: str | Path) -> bool:
+    """Whether run_dir holds a completed checkpoint to resume from."""
+    return (Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE).is_file()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file (metrics.jsonl); [] when it does not exist.
+
+    A damaged last line, what a kill in mid-append leaves, is dropped; damage anywhere else is an
+    ArtifactError that names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                break
+            raise ArtifactError(f"{path} line {number} is not valid JSON ({err}); the file is damaged. "
+                                "Delete that line (or the file) and try again.") from None
+    return records

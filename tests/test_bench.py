@@ -69,12 +69,20 @@ def test_score_is_read_off_the_curve_at_the_budget(tmp_path):
 
 def test_grid_errors_say_what_is_wrong(tmp_path):
     grid = write_grid(tmp_path, 100)
-    grid.write_text(grid.read_text().replace('algos = ["sac"]', 'algos = ["sax"]'))
-    with pytest.raises(ConfigError, match="unknown algorithm 'sax'"):
-        load_grid(grid)
-    grid.write_text(grid.read_text().replace('algos = ["sax"]', 'algos = ["sac"]\nset = { batch_size = 0 }'))
-    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
-        load_grid(grid)
+    text = grid.read_text()
+    for old, new, message in [
+        ('algos = ["sac"]', 'algos = ["sax"]', "unknown algorithm 'sax'"),
+        ('algos = ["sac"]', 'algos = ["sac"]\nset = { batch_size = 0 }', "sac on Pendulum-v1: invalid config: batch_size"),
+        ('envs = ["Pendulum-v1"]', 'envs = ["NoSuchEnv-v0"]', "unknown environment id 'NoSuchEnv-v0'"),
+        ('envs = ["Pendulum-v1"]', 'envs = "Pendulum-v1"', "envs must be a non-empty list"),
+        ("seeds = [0, 1]", "seeds = 3", "seeds must be a non-empty list"),
+        ("steps = 100", 'steps = "100"', "steps must be a positive integer"),
+        ("eval_episodes = 1", "eval_episode = 1", "unknown key 'eval_episode'; did you mean eval_episodes"),
+        ('hyperparams = "../hyperparams"', 'hyperparams = "../nowhere"', "hyperparams folder .* does not exist"),
+    ]:
+        grid.write_text(text.replace(old, new))
+        with pytest.raises(ConfigError, match=message):
+            load_grid(grid)
     grid.write_text('name = "x"\n')
     with pytest.raises(ConfigError, match=r"no \[\[experiment\]\] tables"):
         load_grid(grid)
@@ -84,13 +92,32 @@ def test_grid_errors_say_what_is_wrong(tmp_path):
         load_hyperparameters(tmp_path / "hyperparams" / "Pendulum-v1.toml", "diffsac")
 
 
-def test_a_larger_budget_of_the_same_run_replaces_the_smaller(tmp_path):
+def test_one_run_serving_two_budgets_must_have_one_setting(tmp_path):
     grid = write_grid(tmp_path, 100, seeds=(0,))
     text = grid.read_text()
-    grid.write_text(text + text[text.index("[[experiment]]"):].replace("steps = 100", "steps = 300"))
+    grid.write_text(text + text[text.index("[[experiment]]"):].replace("eval_every = 100", "eval_every = 50"))
+    with pytest.raises(ConfigError, match="must agree"):
+        load_grid(grid)
+
+
+@pytest.mark.parametrize("order", [(100, 300), (300, 100)])
+def test_a_larger_budget_of_the_same_run_replaces_the_smaller(tmp_path, order):
+    grid = write_grid(tmp_path, order[0], seeds=(0,))
+    text = grid.read_text()
+    experiment = text[text.index("[[experiment]]"):]
+    grid.write_text(text + experiment.replace(f"steps = {order[0]}", f"steps = {order[1]}"))
     loaded = load_grid(grid)
     assert [job.steps for job in loaded.jobs] == [300]
-    assert loaded.budgets[("Pendulum-v1", "sac")] == [100, 300]
+    assert sorted(loaded.budgets[("Pendulum-v1", "sac")]) == [100, 300]
+
+
+def test_seeds_not_asked_for_at_a_budget_are_not_missing_there(tmp_path):
+    grid = write_grid(tmp_path, 100, seeds=(0, 1))
+    text = grid.read_text()
+    grid.write_text(text + text[text.index("[[experiment]]"):].replace("steps = 100", "steps = 300")
+                    .replace("seeds = [0, 1]", "seeds = [0]"))
+    rows = {row["steps"]: row for row in summarize(load_grid(grid))}
+    assert rows[100]["missing_seeds"] == [0, 1] and rows[300]["missing_seeds"] == [0]
 
 
 def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_path):
@@ -103,7 +130,7 @@ def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_
     assert hyper["policy_hidden_sizes"] == [16, 16]  # the hyperparameter file was used
 
     again = run_grid(grid, echo=messages.append, poll_seconds=0.2)
-    assert len(again["done"]) == 2 and not again["trained"]
+    assert len(again["already_done"]) == 2 and not again["trained"]
 
     longer = load_grid(write_grid(tmp_path, 300))  # a larger budget continues each run from its checkpoint
     assert {job.status() for job in longer.jobs} == {"resume"}
@@ -125,11 +152,33 @@ def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_
 
 
 def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
-    grid = write_grid(tmp_path, 100, seeds=(0,))
-    grid.write_text(grid.read_text().replace('envs = ["Pendulum-v1"]', 'envs = ["NoSuchEnv-v0", "Pendulum-v1"]'))
-    outcome = run_grid(load_grid(grid), echo=lambda _: None, poll_seconds=0.2)
-    assert len(outcome["failed"]) == 1 and len(outcome["trained"]) == 1
-    assert "unknown environment id" in (tmp_path / "runs" / "NoSuchEnv-v0" / "sac" / "s0" / "train.log").read_text()
+    grid = load_grid(write_grid(tmp_path, 100))
+    broken = grid.jobs[0].run_dir / "checkpoints"  # a checkpoint pointer whose checkpoint is gone
+    broken.mkdir(parents=True)
+    (broken / "latest.json").write_text('{"checkpoint": "step_0000000050", "step": 50}')
+    outcome = run_grid(grid, echo=lambda _: None, poll_seconds=0.2)
+    assert outcome["failed"] == [grid.jobs[0].name] and outcome["trained"] == [grid.jobs[1].name]
+    assert "cannot resume" in (grid.jobs[0].run_dir / "train.log").read_text()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
+    grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+    run_dir = grid.jobs[0].run_dir
+    (run_dir / "checkpoints" / ".partial-x").mkdir(parents=True)  # killed mid-write: no latest.json
+    (run_dir / "metrics.jsonl").write_text('{"step": 100, "eval_return": 5.0}\n{"step": 2')  # and mid-line
+    assert grid.jobs[0].status() == "new" and read_curve(run_dir) == {100: 5.0}
+    outcome = run_grid(grid, echo=lambda _: None, poll_seconds=0.2)
+    assert len(outcome["trained"]) == 1
+    assert 5.0 not in read_curve(run_dir).values()
+
+
+def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
+    grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
+    messages = []
+    report = write_report(grid, echo=messages.append)
+    assert "| Pendulum-v1 | sac | 100 | 0 | not run |" in report.read_text()
+    assert any("need matplotlib" in m for m in messages) and any("does not exist" in m for m in messages)
 
 
 def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
@@ -137,6 +186,7 @@ def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
         with pytest.raises(DiffAgentError, match="being trained by another process"):
             Agent("sac", "Pendulum-v1", **TINY).learn(60, eval_every=0, run_dir=tmp_path, progress=False)
         grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+        grid.jobs[0].run_dir.mkdir(parents=True)
         assert not grid.jobs[0].is_running()
         with run_lock(grid.jobs[0].run_dir):
             assert grid.jobs[0].is_running()

@@ -19,7 +19,8 @@ MODELS = sorted(p for p in (ZOO / "models").glob("*") if (p / "config.json").is_
 
 @pytest.mark.parametrize("grid", sorted((ZOO / "grids").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_grid_and_its_hyperparameters_parse(grid):
-    assert load_grid(grid).jobs  # every algorithm, hyperparameter file and override checked
+    jobs = load_grid(grid).jobs  # every env, algorithm, hyperparameter file and override checked
+    assert jobs and all(job.hyperparams is not None for job in jobs), "a zoo run must name its settings"
 
 
 def test_the_zoo_ships_models():
