@@ -572,7 +572,8 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
             continue
         shares = " / ".join(" ".join(f"{100 * s:.0f}" for s in c.shares) for c in coverages)
         rows.append(f"| {algo} | {len(coverages)} | {' '.join(str(c.modes_covered) for c in coverages)} | "
-                    f"{iqm(c.max_abs_error_points for c in coverages):.1f} | "
+                    f"{' '.join(f'{c.max_abs_error_points:.1f}' for c in coverages)} | "
+                    f"{iqm(100 * c.total_variation for c in coverages):.1f} | "
                     f"{' '.join(f'{100 * t:.1f}' for t in coverages[0].targets)} | {shares} | "
                     f"{iqm(100 * c.off_mode_share for c in coverages):.1f} | "
                     f"{iqm(c.mean_reward for c in coverages):.3f} |")
@@ -582,8 +583,9 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
              f"10,000 sampled actions per seed; a sample belongs to a mode within {MODE_RADIUS} of its peak; a mode "
              f"is covered with at least {100 * COVERAGE_THRESHOLD:.0f}% of the samples. Targets: the mass of "
              "exp(r/alpha) in each mode region at the run's final alpha.", "",
-             "| algo | seeds | modes covered (per seed) | max abs error, points (IQM) | target % per mode | "
-             "share % per mode (per seed) | off-mode % (IQM) | mean reward (IQM) |", "|---|---|---|---|---|---|---|---|",
+             "| algo | seeds | modes covered (per seed) | max abs error, points (per seed) | TV distance, % (IQM) | "
+             "target % per mode | share % per mode (per seed) | off-mode % (IQM) | mean reward (IQM) |",
+             "|---|---|---|---|---|---|---|---|---|",
              *rows, ""]
     try:
         png = plot_samples(first_seed, grid.results / f"{grid.name}-{env_file_name(env_id)}-samples.png")

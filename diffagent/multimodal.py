@@ -103,6 +103,9 @@ class ModeCoverage:
     num_modes: int
     max_abs_error_points: float
     """max over peaks of |share - target|, in percentage points."""
+    total_variation: float
+    """Total-variation distance between the shares and the targets, off-mode included (0 = exact, 1 = disjoint):
+    unlike the per-peak count it also charges mass spread between the peaks."""
     mean_reward: float
     """Mean reward of the stochastic samples: the policy's return."""
     deterministic_reward: float
@@ -212,6 +215,7 @@ def mode_coverage(agent: ActingAgent, samples: int = 10_000, alpha: float | None
         off_mode_share=float(shares[num_modes]), off_mode_target=float(targets[num_modes]),
         modes_covered=int(np.sum(shares[:num_modes] >= COVERAGE_THRESHOLD)), num_modes=num_modes,
         max_abs_error_points=float(np.max(np.abs(shares[:num_modes] - targets[:num_modes])) * 100),
+        total_variation=float(0.5 * np.abs(shares - targets).sum()),
         mean_reward=float(bandit.reward(actions).mean()), deterministic_reward=float(bandit.reward(deterministic)),
         alpha=alpha, num_samples=samples, samples=actions)
 

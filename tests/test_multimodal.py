@@ -99,6 +99,7 @@ def test_samples_at_one_peak_cover_one_mode():
     assert coverage.modes_covered == 1 and coverage.num_modes == 4
     assert coverage.shares == [1.0, 0.0, 0.0, 0.0] and coverage.off_mode_share == 0.0
     assert coverage.max_abs_error_points == pytest.approx(100 * (1 - coverage.targets[0]))
+    assert coverage.total_variation == pytest.approx(1 - coverage.targets[0])
     assert coverage.deterministic_reward == pytest.approx(1.0, abs=1e-6)
     assert 0.8 < coverage.mean_reward < 1.0  # the jitter costs a little reward
     record = coverage.to_dict()
@@ -111,13 +112,14 @@ def test_an_even_mixture_covers_every_mode_at_its_target():
     coverage = mode_coverage(FakeAgent(), samples=10_000, alpha=0.05)
     assert coverage.modes_covered == 4
     assert min(coverage.shares) >= COVERAGE_THRESHOLD
-    assert coverage.max_abs_error_points < 2.0
+    assert coverage.max_abs_error_points < 2.0 and coverage.total_variation < 0.03
     assert sum(coverage.shares) + coverage.off_mode_share == pytest.approx(1.0)
 
 
 def test_wide_samples_fall_off_mode():
     coverage = mode_coverage(FakeAgent(jitter=1.0), samples=5_000, alpha=0.05)
     assert coverage.off_mode_share > 0.5 and coverage.max_abs_error_points > 10
+    assert coverage.total_variation == pytest.approx(coverage.off_mode_share - coverage.off_mode_target)
 
 
 def test_sampling_is_seeded():
