@@ -42,9 +42,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from diffagent.config import PPOConfig, algo_spec, cli_value, make_config
-from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
-from diffagent.io import (CHECKPOINT_DIR, HELD_LOCK_ENV, METRICS_FILE, RESULTS_FILE, has_checkpoint, read_json,
-                          read_jsonl, run_is_locked, run_lock, write_json)
+from diffagent.errors import ConfigError, DiffAgentError
+from diffagent.io import (CHECKPOINT_DIR, HELD_LOCK_ENV, METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl,
+                          run_is_locked, run_lock, write_json)
 
 LOG_FILE = "train.log"
 BOOTSTRAP_SAMPLES = 2000
@@ -63,15 +63,19 @@ def env_file_name(env_id: str) -> str:
     return env_id.replace("/", "-")
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, or a ConfigError naming the `what` file that is missing or malformed."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{what} file {path} is not valid TOML: {err}") from None
+
+
 def load_hyperparameters(path: str | Path, algo: str) -> dict[str, Any]:
     """The [algo] table of a hyperparameter file, or a ConfigError saying what the file holds."""
-    path = Path(path)
-    try:
-        tables = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"hyperparameter file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"hyperparameter file {path} is not valid TOML: {err}") from None
+    tables = read_toml(path, "hyperparameter")
     table = tables.get(algo.lower())
     if not isinstance(table, dict):
         have = ", ".join(k for k, v in tables.items() if isinstance(v, dict)) or "none"
@@ -188,12 +192,7 @@ def load_grid(path: str | Path) -> Grid:
     import diffagent  # noqa: F401  registers diffagent's own envs
 
     path = Path(path)
-    try:
-        spec = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"grid file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"grid file {path} is not valid TOML: {err}") from None
+    spec = read_toml(path, "grid")
     _unknown_keys(str(path), spec, GRID_KEYS)
     experiments = spec.get("experiment")
     if not isinstance(experiments, list) or not experiments:
@@ -433,12 +432,7 @@ def load_references(path: Path | None) -> list[dict[str, Any]]:
     """Reference results (zoo/references.toml): [[reference]] tables of env, algo, steps, mean, std, source."""
     if path is None:
         return []
-    try:
-        references = tomllib.loads(Path(path).read_text()).get("reference", [])
-    except FileNotFoundError:
-        raise ConfigError(f"reference file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"reference file {path} is not valid TOML: {err}") from None
+    references = read_toml(path, "reference").get("reference", [])
     for number, reference in enumerate(references, 1):
         missing = REFERENCE_KEYS - set(reference)
         if missing:
