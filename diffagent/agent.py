@@ -272,7 +272,8 @@ class Agent:
         """Export the policy's chain f(obs, noise) -> action to an ONNX file (see `diffagent.export`).
 
         `sample_noise` exports the form whose only input is obs (the noise is drawn in the graph).
-        `verify` checks onnxruntime against PyTorch and raises an ArtifactError if they differ by over 1e-5.
+        `verify` checks onnxruntime against PyTorch and raises an ArtifactError if they differ by more than
+        `diffagent.export.PARITY_TOLERANCE` of the action range.
         """
         from diffagent.export import export_onnx, verify_onnx
 

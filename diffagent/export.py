@@ -48,7 +48,10 @@ from diffagent.io import FORMAT_VERSION, ONNX_FILE, atomic_write
 from diffagent.policies import Policy
 
 OPSET = 17
-PARITY_TOLERANCE = 1e-5
+# max |onnxruntime - torch| allowed, in units of half the action box's widest side. Batched matmuls sum
+# in a different order in each runtime, and a trained chain can amplify that: a K = 8 DiffSAC policy
+# with four sharp modes (zoo/models/diffsac-FourPeaks-v0) measured 2.4e-5 at batch 1024, 2.4e-7 at batch 1.
+PARITY_TOLERANCE = 1e-4
 _SAMPLER = "sample_noise/"  # name prefix of the nodes that draw the noise in the second form
 _INT_KEYS = ("diffagent_format_version", "num_steps", "obs_dim", "act_dim")
 _JSON_KEYS = ("observation_space", "action_space")
@@ -153,7 +156,8 @@ def verify_onnx(policy: Policy, path: str | Path, batch_sizes: Sequence[int] = (
 
     Observations are drawn on the scale of real ones (around the normaliser's statistics, or across
     the observation box). A sample-noise model is checked through the (obs, noise) graph inside it.
-    Raises an ArtifactError if an error exceeds `tolerance` (None: never).
+    Raises an ArtifactError if an error exceeds `tolerance` times half the widest side of the action
+    box (at least 1), i.e. a relative error in the env's units (None: never).
     """
     model = _load_model(Path(path))
     meta = load_onnx_metadata(model)
@@ -170,9 +174,11 @@ def verify_onnx(policy: Policy, path: str | Path, batch_sizes: Sequence[int] = (
         with torch.inference_mode():
             reference = policy(torch.from_numpy(obs).to(device), torch.from_numpy(noise).to(device)).cpu().numpy()
         errors[batch] = float(np.abs(ours - reference).max())
-    if tolerance is not None and max(errors.values()) > tolerance:
-        raise ArtifactError(f"{path} disagrees with PyTorch: max |onnxruntime - torch| = {_format(errors)} "
-                            f"(tolerance {tolerance:g}). Please report it with the model directory.")
+    if tolerance is not None:
+        allowed = tolerance * max(1.0, float((policy.action_high - policy.action_low).max()) / 2)
+        if max(errors.values()) > allowed:
+            raise ArtifactError(f"{path} disagrees with PyTorch: max |onnxruntime - torch| = {_format(errors)} "
+                                f"(tolerance {allowed:g}). Please report it with the model directory.")
     return errors
 
 
@@ -197,7 +203,8 @@ def _format(errors: dict[int, float]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False), help=f"Output file [default: MODEL_DIR/{ONNX_FILE}].")
 @click.option("--sample-noise", is_flag=True, help="Export the form that draws its own noise (input: obs only).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
-              help=f"Compare onnxruntime against PyTorch at batch 1 and 1024 (fails above {PARITY_TOLERANCE:g}).")
+              help=f"Compare onnxruntime against PyTorch at batch 1 and 1024 (fails above {PARITY_TOLERANCE:g} of the "
+                   "action range).")
 def export_command(model_dir: str, out: str | None, sample_noise: bool, verify: bool) -> None:
     """Export a saved agent's policy to ONNX: the whole chain, normalisation and action rescaling inside."""
     from diffagent.cli import friendly_errors  # here, not at the top: diffagent.cli imports this module
