@@ -187,9 +187,7 @@ def _unknown_keys(where: str, keys: Iterable[str], known: set[str]) -> None:
 def load_grid(path: str | Path) -> Grid:
     """Parse and check a grid file; every env, algorithm, hyperparameter and override is validated
     before anything runs, so a typo fails here and not in a job hours later."""
-    import gymnasium as gym
-
-    import diffagent  # noqa: F401  registers diffagent's own envs
+    import gymnasium as gym  # diffagent's own envs are registered: importing this module ran diffagent/__init__
 
     path = Path(path)
     spec = read_toml(path, "grid")
@@ -458,13 +456,14 @@ def _steps_per_second(run_dir: Path) -> float | None:
 def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str, Any]]:
     """One row per (env, algo, budget): per-seed scores, IQM with a bootstrap 95% interval, and more."""
     references = references or []
+    curves = {job.run_dir: read_curve(job.run_dir) for job in grid.jobs}  # each metrics file read once
     rows = []
     for (env_id, algo), budgets in grid.budgets.items():
         for budget in sorted(budgets):
             jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.steps >= budget]
             scores, times, missing, partial = {}, [], [], {}
             for job in jobs:
-                curve = read_curve(job.run_dir)
+                curve = curves[job.run_dir]
                 score = score_at(curve, budget)
                 if score is None:
                     missing.append(job.seed)
