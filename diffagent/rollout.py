@@ -28,9 +28,11 @@ class RolloutBatch(NamedTuple):
 class RolloutBuffer:
     """Preallocated (T, N, ...) storage of what happened at each step of `num_envs` environments.
 
-    The acting loop stores only what it cannot recompute: the observation, the chain's noise, the
-    raw reward, whether the episode ended (`dones`: GAE carries no value across it) and, for a
-    truncated step, V of the observation the autoreset replaced (`bootstrap_values`, 0 elsewhere).
+    The acting loop stores only what it cannot recompute: the observation, the raw reward, whether
+    the episode ended (`dones`: GAE carries no value across it) and, for a truncated step, V of the
+    observation the autoreset replaced (`bootstrap_values`, 0 elsewhere). The chains' noise is drawn
+    for the whole rollout when it starts, and rewards and dones stay in numpy, where the envs deliver
+    them, until it ends: per-step tensor calls cost more than the env step's own Python overhead.
     Chains, log-probabilities and values are functions of (obs, noise) under the unchanged policy,
     computed afterwards for the whole rollout in one batched pass.
     """
@@ -41,15 +43,21 @@ class RolloutBuffer:
         self.num_steps, self.num_envs = num_steps, num_envs
         self.obs = torch.zeros(*shape, obs_dim, device=device)
         self.noise = torch.zeros(*shape, *noise_shape, device=device)
-        self.rewards = torch.zeros(shape, device=device)
-        self.dones = torch.zeros(shape, device=device)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.dones = np.zeros(shape, dtype=np.float32)
         self.bootstrap_values = torch.zeros(shape, device=device)
         self.pos = 0
 
-    def add(self, obs: torch.Tensor, noise: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor) -> None:
-        """Store one vector-env step and move on (a truncated step's bootstrap value may be set after)."""
+    @property
+    def noise_now(self) -> torch.Tensor:
+        """The noise of the current step's chains, (N, K+1, A)."""
+        return self.noise[self.pos]
+
+    def add(self, obs: torch.Tensor, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """Store one vector-env step (acted with `noise_now`) and move on; a bootstrap value may be set after."""
         t = self.pos
-        self.obs[t], self.noise[t], self.rewards[t], self.dones[t] = obs, noise, rewards, dones
+        self.obs[t] = obs
+        self.rewards[t], self.dones[t] = rewards, dones
         self.pos = t + 1
 
     @property
@@ -57,9 +65,10 @@ class RolloutBuffer:
         return self.pos == self.num_steps
 
     def clear(self) -> None:
-        """Start a new rollout."""
+        """Start a new rollout and draw the standard normal noise of all its chains."""
         self.pos = 0
         self.bootstrap_values.zero_()
+        self.noise.normal_()
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, last_values: torch.Tensor,

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from torch.distributions import Normal
 
 from diffagent import Agent, ConfigError
-from diffagent.algos.ppo import per_step_advantages
+from diffagent.algos.ppo import per_step_advantages, trace
 from diffagent.cli import main as cli
+from diffagent.export import LiveOnnxPolicy
 from diffagent.policies import DiffusionPolicy
 from diffagent.rollout import RolloutBatch, gae
 
@@ -66,16 +67,22 @@ def test_k1_gaussian_loss_and_gradient_equal_textbook_ppo(value_clip, alpha):
     torch.testing.assert_close(ours, _grads(ppo.trained_parameters), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("compiled", ["onnxruntime", "trace"])
 @pytest.mark.parametrize("algo", ["ppo", "diffppo"])
-def test_the_traced_acting_chain_equals_the_policy(algo):
-    """Rollouts act through a trace of the policy; it must follow every update of weights and statistics."""
+def test_the_compiled_acting_chain_follows_the_policy(algo, compiled):
+    """Rollouts act through onnxruntime (CPU) or a trace; it must follow every update of weights and statistics."""
     torch.manual_seed(0)
     agent, ppo = _small(algo, diffusion_steps=3, num_envs=2, rollout_steps=32)
+    assert isinstance(ppo.act, LiveOnnxPolicy)  # what a CPU run acts with
+    act = ppo.act if compiled == "onnxruntime" else trace(ppo.policy, (torch.zeros(2, 3),
+                                                                       torch.zeros(ppo.policy.noise_shape(2))))
+    obs, noise = torch.randn(2, 3) * 3, torch.randn(ppo.policy.noise_shape(2))
+    before = ppo.policy(obs, noise).detach()
     for _ in range(2):
-        ppo.train_iteration()  # acts 64 times through the trace, then updates weights and statistics
-        for _ in range(3):
-            obs, noise = torch.randn(2, 3) * 3, torch.randn(ppo.policy.noise_shape(2))
-            torch.testing.assert_close(ppo.act(obs, noise), ppo.policy(obs, noise))
+        ppo.train_iteration()  # acts 64 times, then updates weights and statistics in place
+        torch.testing.assert_close(act(obs, noise), ppo.policy(obs, noise))
+    changed = (ppo.policy(obs, noise) - before).abs().max()
+    assert changed > 5e-5, f"training moved the action by only {changed:.1e}: a stale copy would pass"
 
 
 def test_per_step_advantages_add_back_the_past_of_each_step():
@@ -187,16 +194,17 @@ def test_returns_stop_at_episode_ends_and_bootstrap_only_truncations(terminate, 
     assert ppo.num_episodes == 4 and list(ppo.recent_returns) == [5.0] * 4
 
 
-@pytest.mark.parametrize("algo, threshold", [("ppo", 400), ("diffppo", 150)])
+@pytest.mark.parametrize("algo, threshold", [("ppo", 500), ("diffppo", 300)])
 def test_ppo_learns_inverted_pendulum(algo, threshold):
-    """Default hyperparameters, 8 rollouts. Untrained policies balance for 20-60 steps; measured at
-    16,384 steps (seed 0): PPO 707, DiffPPO (K = 8) 299, both reaching 1000 by about 32k steps."""
+    """Default hyperparameters, 12 rollouts. Untrained policies balance for 20-60 steps. At 16,384
+    steps the returns ranged 90-912 (PPO) and 83-411 (DiffPPO) over seeds 0-4 and moved with float
+    rounding (trace vs onnxruntime acting); at 24,576 steps, seeds 0-3: PPO 997-1000, DiffPPO 598-1000."""
     agent = Agent(algo, "InvertedPendulum-v4", seed=0)
     before = agent.evaluate(3).mean
-    agent.learn(16_384, eval_every=0, progress=False)
+    agent.learn(24_576, eval_every=0, progress=False)
     after = agent.evaluate(5).mean
     assert before < 100, before
-    assert after > threshold, f"{algo} reached only {after:.0f} on InvertedPendulum-v4 after 16,384 steps"
+    assert after > threshold, f"{algo} reached only {after:.0f} on InvertedPendulum-v4 after 24,576 steps"
 
 
 def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
