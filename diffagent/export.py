@@ -101,12 +101,13 @@ class LiveOnnxPolicy:
     """A policy's forward(obs, noise) run by onnxruntime on the policy's own parameter memory.
 
     On-policy training acts once per env step on a batch of num_envs observations, where torch's
-    per-op dispatch dominates: at K = 8 the chain is ~150 tiny ops, ~560 us per action traced by
-    torch.jit against ~110 us in onnxruntime (Hopper, 64x64, one thread; benchmarks/ppo_throughput.py
-    measures the whole loop). The graph takes every parameter and buffer as an input (exported without
-    parameters or constant folding), and `bind` points those inputs at the tensors' memory: optimizer
-    steps and statistics updates happen in place, so the session always acts with the current policy
-    and nothing is exported again. CPU only; the batch is fixed, which lets onnxruntime fold shapes.
+    per-op dispatch dominates: at K = 8 the chain is ~150 tiny ops, 648 us per action traced by
+    torch.jit against 127 us in onnxruntime (DiffPPO on Hopper, batch 1, one thread:
+    benchmarks/acting_latency.py; benchmarks/ppo_throughput.py times the whole loop). The graph
+    takes every parameter and buffer as an input (exported without parameters or constant
+    folding), and `bind` points those inputs at the tensors' memory: optimizer steps and statistics
+    updates happen in place, so the session always acts with the current policy and nothing is
+    exported again. CPU only; the batch is fixed, which lets onnxruntime fold shapes.
     """
 
     def __init__(self, policy: Policy, batch: int, threads: int = 1):

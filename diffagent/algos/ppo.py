@@ -71,7 +71,7 @@ def trace(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.jit.Scr
 
     Acting runs the chain's K small steps once per env step, the hot loop of on-policy training.
     Off the CPU (where LiveOnnxPolicy acts) a trace runs it without Python's per-op overhead: on a
-    CPU it measured 2-3x faster than eager at K = 8, and onnxruntime 4x faster again. torch.jit is
+    CPU it measured 3x faster than eager at K = 8, and onnxruntime 5x faster again. torch.jit is
     deprecated in favour of torch.compile, which costs ~45 s of compilation per run on CPU, more
     than short runs last; the ONNX export traces the same function (diffagent/export.py). Only the
     forward pass is traced: a traced loss computed wrong policy gradients once TorchScript's
@@ -102,7 +102,7 @@ class PPO(Algorithm):
         self.shuffler = torch.Generator().manual_seed(config.seed)
         # The chain is a pure function of (obs, noise) with K unrolled, so acting can run it compiled,
         # on the policy's own parameters and statistics, always with the current policy: onnxruntime on
-        # a CPU (4x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
+        # a CPU (5x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
         if device.type == "cpu":
             self.act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = LiveOnnxPolicy(policy, cfg.num_envs)
         else:
