@@ -27,6 +27,7 @@ from diffagent.algos import ALGORITHM_CLASSES, Algorithm
 from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
 from diffagent.envs import EnvSource, UnavailableEnv, check_spaces, env_factory, space_from_dict, space_to_dict
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
+from diffagent.export import LiveOnnxPolicy
 from diffagent.io import (METRICS_FILE, RESULTS_FILE, atomic_write, load_checkpoint, read_jsonl, run_lock, save_artifact,
                           save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
@@ -103,6 +104,7 @@ class Agent:
                                           self.action_space.low, self.action_space.high).to(self.device)
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
+        self._eval_policy: LiveOnnxPolicy | None = None
         self._progress: _LearnProgress | None = None
         self._resumed_from: Path | None = None  # the run directory `resume` read, until `learn` continues it
 
@@ -153,17 +155,33 @@ class Agent:
         return action[0] if single else action
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
-        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i."""
+        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i.
+
+        On a CPU the policy acts through onnxruntime (`LiveOnnxPolicy`, on the policy's current
+        parameters): one observation at a time, torch's per-op cost dominates a diffusion chain.
+        """
         if self._eval_env is None:
             self._eval_env = self._new_env()
         env = self._eval_env
+        if self.device.type != "cpu":
+            policy: Any = self.policy
+        else:
+            if self._eval_policy is None:
+                self._eval_policy = LiveOnnxPolicy(self.policy, batch=1)
+            policy = self._eval_policy
+            policy.bind()
         base_seed = 1_000_000 + self.config.seed if seed is None else seed
+        shape = self.policy.noise_shape(1)
         returns, lengths = [], []
         for i in range(episodes):
             obs, _ = env.reset(seed=base_seed + i)
             total, length, done = 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=deterministic))
+                with torch.inference_mode():
+                    noise = torch.zeros(shape) if deterministic else torch.randn(shape)
+                    obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
+                    action = policy(obs_t.to(self.device), noise.to(self.device))[0].cpu().numpy()
+                obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 length += 1
                 done = terminated or truncated

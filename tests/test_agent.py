@@ -182,3 +182,29 @@ def test_an_agent_whose_env_cannot_be_made_here_still_acts(artifact):
     assert agent.act(np.zeros(3, np.float32), deterministic=True).shape == (1,)
     with pytest.raises(ConfigError, match="RobotOnlyEnv-v0 cannot be made on this machine"):
         agent.evaluate(1)
+
+
+def _torch_returns(agent: Agent, episodes: int) -> list[float]:
+    """evaluate()'s episodes (same seeds) with every action taken by the torch policy through Agent.act."""
+    env, returns = agent._new_env(), []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=1_000_000 + agent.config.seed + i)
+        total, done = 0.0, False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
+            total, done = total + float(reward), terminated or truncated
+        returns.append(total)
+    return returns
+
+
+@pytest.mark.parametrize("algo, overrides", [("diffsac", {"diffusion_steps": 3, "learning_starts": 100}),
+                                             ("ppo", {"rollout_steps": 256})])
+def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, overrides):
+    """evaluate() acts through onnxruntime on a CPU; it must follow the policy as training changes it."""
+    agent = Agent(algo, "Pendulum-v1", seed=0, **overrides)
+    before = agent.evaluate(2).returns
+    np.testing.assert_allclose(before, _torch_returns(agent, 2), rtol=1e-4)
+    agent.learn(512, eval_every=0, progress=False)
+    after = agent.evaluate(2).returns
+    np.testing.assert_allclose(after, _torch_returns(agent, 2), rtol=1e-4)
+    assert before != after
