@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,10 +27,12 @@ from diffagent.algos import ALGORITHM_CLASSES, Algorithm
 from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
 from diffagent.envs import EnvSource, UnavailableEnv, check_spaces, env_factory, space_from_dict, space_to_dict
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
-from diffagent.export import LiveOnnxPolicy
 from diffagent.io import (METRICS_FILE, RESULTS_FILE, atomic_write, load_checkpoint, read_jsonl, run_lock, save_artifact,
                           save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
+
+if TYPE_CHECKING:
+    from diffagent.export import LiveOnnxPolicy
 
 
 
@@ -104,7 +106,7 @@ class Agent:
                                           self.action_space.low, self.action_space.high).to(self.device)
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
-        self._eval_policy: LiveOnnxPolicy | None = None
+        self._eval_policy: LiveOnnxPolicy | None = None  # made on the first evaluation on a CPU
         self._progress: _LearnProgress | None = None
         self._resumed_from: Path | None = None  # the run directory `resume` read, until `learn` continues it
 
@@ -167,6 +169,8 @@ class Agent:
             policy: Any = self.policy
         else:
             if self._eval_policy is None:
+                from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when an agent first evaluates
+
                 self._eval_policy = LiveOnnxPolicy(self.policy, batch=1)
             policy = self._eval_policy
             policy.bind()
@@ -178,9 +182,9 @@ class Agent:
             total, length, done = 0.0, 0, False
             while not done:
                 with torch.inference_mode():
-                    noise = torch.zeros(shape) if deterministic else torch.randn(shape)
-                    obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
-                    action = policy(obs_t.to(self.device), noise.to(self.device))[0].cpu().numpy()
+                    noise = (torch.zeros if deterministic else torch.randn)(shape, device=self.device)
+                    obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1).contiguous()
+                    action = policy(obs_t.to(self.device), noise)[0].cpu().numpy().copy()
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total += float(reward)
                 length += 1

@@ -125,14 +125,21 @@ class LiveOnnxPolicy:
             raise RuntimeError(f"the exported chain takes inputs that are not tensors of the policy: {unknown}")
         self.action = torch.empty(batch, policy.act_dim)
         self.binding = self.session.io_binding()
+        self._bound: list[torch.Tensor] = []
         _bind(self.binding, "action", self.action, output=True)
         self.bind()
 
     def bind(self) -> None:
-        """Point the graph's parameter inputs at the policy's tensors (again, should any have been replaced)."""
+        """Point the graph's parameter inputs at the policy's tensors (again, should any have been replaced).
+
+        The bound tensors are kept referenced, so a parameter replaced after binding (`module.to`,
+        `load_state_dict(assign=True)`) leaves the session reading the old values until the next
+        `bind`, never freed memory.
+        """
         tensors = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
-        for name in self._inputs:
-            _bind(self.binding, name, tensors[name].detach())
+        self._bound = [tensors[name].detach() for name in self._inputs]
+        for name, tensor in zip(self._inputs, self._bound):
+            _bind(self.binding, name, tensor)
 
     def __call__(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Actions (batch, act_dim) in the env's units for float32 CPU obs (batch, obs_dim) and noise (batch, K+1, A).
@@ -146,8 +153,10 @@ class LiveOnnxPolicy:
 
 
 def _bind(binding: ort.IOBinding, name: str, tensor: torch.Tensor, output: bool = False) -> None:
-    if tensor.dtype != torch.float32 or not tensor.is_contiguous():
-        raise ValueError(f"{name}: onnxruntime reads contiguous float32 tensors in place, got {tensor.dtype}")
+    if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise ValueError(f"{name}: onnxruntime reads contiguous float32 CPU tensors in place, got a "
+                         f"{'' if tensor.is_contiguous() else 'non-contiguous '}{tensor.dtype} tensor on "
+                         f"{tensor.device}; pass tensor.contiguous().float().cpu()")
     bind = binding.bind_output if output else binding.bind_input
     bind(name, "cpu", 0, np.float32, list(tensor.shape), tensor.data_ptr())
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -184,27 +185,37 @@ def test_an_agent_whose_env_cannot_be_made_here_still_acts(artifact):
         agent.evaluate(1)
 
 
-def _torch_returns(agent: Agent, episodes: int) -> list[float]:
-    """evaluate()'s episodes (same seeds) with every action taken by the torch policy through Agent.act."""
-    env, returns = agent._new_env(), []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=1_000_000 + agent.config.seed + i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(agent.act(obs, deterministic=True))
-            total, done = total + float(reward), terminated or truncated
-        returns.append(total)
-    return returns
+class _RecordActions(gym.Wrapper):
+    """Keeps every (observation, action) pair the env was stepped with."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.steps: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def reset(self, **kwargs):
+        self.obs, info = self.env.reset(**kwargs)
+        return self.obs, info
+
+    def step(self, action):
+        self.steps.append((self.obs, np.array(action)))
+        self.obs, *rest = self.env.step(action)
+        return (self.obs, *rest)
 
 
 @pytest.mark.parametrize("algo, overrides", [("diffsac", {"diffusion_steps": 3, "learning_starts": 100}),
                                              ("ppo", {"rollout_steps": 256})])
 def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, overrides):
-    """evaluate() acts through onnxruntime on a CPU; it must follow the policy as training changes it."""
-    agent = Agent(algo, "Pendulum-v1", seed=0, **overrides)
-    before = agent.evaluate(2).returns
-    np.testing.assert_allclose(before, _torch_returns(agent, 2), rtol=1e-4)
-    agent.learn(512, eval_every=0, progress=False)
-    after = agent.evaluate(2).returns
-    np.testing.assert_allclose(after, _torch_returns(agent, 2), rtol=1e-4)
-    assert before != after
+    """evaluate() acts through onnxruntime on a CPU; every action must be the torch policy's, as training changes it."""
+    agent = Agent(algo, lambda: _RecordActions(gym.make("Pendulum-v1")), seed=0, **overrides)
+    actions = []
+    for trained_steps in (0, 512):
+        if trained_steps:
+            agent.learn(trained_steps, eval_every=0, progress=False)
+        agent.evaluate(1)
+        recorder = agent._eval_env
+        assert len(recorder.steps) == 200
+        for obs, action in recorder.steps:
+            np.testing.assert_allclose(action, agent.act(obs, deterministic=True), atol=1e-5)
+        actions.append(np.stack([action for _, action in recorder.steps]))
+        recorder.steps.clear()
+    assert np.abs(actions[1][0] - actions[0][0]).max() > 1e-3, "training did not change the first action"

@@ -40,7 +40,7 @@ the policy being trained see the same normalised observations (every ratio start
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -50,10 +50,12 @@ from torch import nn
 
 from diffagent.algos.base import Algorithm
 from diffagent.config import PPOConfig
-from diffagent.export import LiveOnnxPolicy
 from diffagent.nn import mlp
 from diffagent.policies import Policy
 from diffagent.rollout import RewardScaler, RolloutBatch, RolloutBuffer, gae, minibatches
+
+if TYPE_CHECKING:
+    from diffagent.export import LiveOnnxPolicy
 
 
 def per_step_advantages(advantages: torch.Tensor, prior: torch.Tensor, step_ratios: torch.Tensor,
@@ -70,9 +72,9 @@ def trace(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.jit.Scr
     """`module` traced with `example`, sharing its parameters and buffers.
 
     Acting runs the chain's K small steps once per env step, the hot loop of on-policy training.
-    Off the CPU (where LiveOnnxPolicy acts) a trace runs it without Python's per-op overhead: on a
-    CPU it measured 3x faster than eager at K = 8, and onnxruntime 5x faster again. torch.jit is
-    deprecated in favour of torch.compile, which costs ~45 s of compilation per run on CPU, more
+    On a CPU LiveOnnxPolicy acts; on other devices a trace runs the chain without Python's per-op
+    overhead (on a CPU it measured 3x faster than eager at K = 8, onnxruntime 5x faster again).
+    torch.jit is deprecated in favour of torch.compile, which costs ~45 s of compilation per run on CPU, more
     than short runs last; the ONNX export traces the same function (diffagent/export.py). Only the
     forward pass is traced: a traced loss computed wrong policy gradients once TorchScript's
     optimiser took over (from its second call), and unoptimised it gained only 1.26x.
@@ -103,8 +105,12 @@ class PPO(Algorithm):
         # The chain is a pure function of (obs, noise) with K unrolled, so acting can run it compiled,
         # on the policy's own parameters and statistics, always with the current policy: onnxruntime on
         # a CPU (5x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
+        self.live_policy: LiveOnnxPolicy | None = None
         if device.type == "cpu":
-            self.act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = LiveOnnxPolicy(policy, cfg.num_envs)
+            from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when a CPU run first acts
+
+            self.live_policy = LiveOnnxPolicy(policy, cfg.num_envs)
+            self.act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.live_policy
         else:
             self.act = trace(policy, (torch.zeros(cfg.num_envs, policy.obs_dim, device=device),
                                       torch.zeros(policy.noise_shape(cfg.num_envs), device=device)))
@@ -131,12 +137,12 @@ class PPO(Algorithm):
         if self.obs is None:
             self.obs, _ = self.envs.reset(seed=int(self.rng.integers(2**31)))
         buffer.clear()
-        if isinstance(self.act, LiveOnnxPolicy):
-            self.act.bind()
+        if self.live_policy is not None:
+            self.live_policy.bind()
         with torch.inference_mode():  # acting computes the chain only; its log-probs come batched below
             obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
             while not buffer.full:
-                actions = self.act(obs, buffer.noise_now).cpu().numpy()
+                actions = self.act(obs, buffer.noise_now).cpu().numpy().copy()  # the env may keep it
                 next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
                 dones = terminated | truncated
                 buffer.add(obs, rewards, dones)
