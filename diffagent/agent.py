@@ -106,7 +106,7 @@ class Agent:
                                           self.action_space.low, self.action_space.high).to(self.device)
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
-        self._eval_policy: LiveOnnxPolicy | None = None  # made on the first evaluation on a CPU
+        self._live_policy: LiveOnnxPolicy | None = None  # what act runs one observation through on a CPU
         self._progress: _LearnProgress | None = None
         self._resumed_from: Path | None = None  # the run directory `resume` read, until `learn` continues it
 
@@ -132,7 +132,10 @@ class Agent:
         """Actions in the env's units for one observation (obs_dim,) or a batch (B, obs_dim).
 
         `noise` (K+1, act_dim) or (B, K+1, act_dim) fixes the chain's randomness; zero noise is the
-        deterministic action.
+        deterministic action. One observation on a CPU (a control loop, `evaluate`) runs the chain in
+        onnxruntime on the policy's own parameters (`LiveOnnxPolicy`), where torch's per-op cost would
+        dominate: 153 us against 1,831 us eager for DiffPPO's K = 8 chain
+        (benchmarks/acting_latency.py). Its first such call exports the chain (~0.3 s).
         """
         obs_array = np.asarray(obs, dtype=np.float32)
         single = obs_array.ndim == 1
@@ -140,7 +143,7 @@ class Agent:
         if obs_array.ndim not in (1, 2) or obs_array.shape[-1] != obs_dim:
             raise ValueError(f"expected an observation of shape ({obs_dim},) or a batch (B, {obs_dim}), "
                              f"got shape {obs_array.shape}")
-        batch = obs_array[None] if single else obs_array
+        batch = np.ascontiguousarray(obs_array[None] if single else obs_array)
         with torch.inference_mode():
             obs_t = torch.from_numpy(batch).to(self.device)
             if noise is None:
@@ -152,40 +155,32 @@ class Agent:
                 if noise_array.shape != self.policy.noise_shape(batch.shape[0]):
                     raise ValueError(f"noise must have shape {self.policy.noise_shape(batch.shape[0])} "
                                      f"(batch, K+1, act_dim), got {np.asarray(noise).shape}")
-                noise_t = torch.from_numpy(noise_array).to(self.device)
-            action = self.policy(obs_t, noise_t).cpu().numpy()
+                noise_t = torch.from_numpy(np.ascontiguousarray(noise_array)).to(self.device)
+            policy = self._single_policy() if batch.shape[0] == 1 and self.device.type == "cpu" else self.policy
+            action = policy(obs_t, noise_t).cpu().numpy()
         return action[0] if single else action
 
-    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
-        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i.
+    def _single_policy(self) -> LiveOnnxPolicy:
+        """The policy at batch 1 in onnxruntime, made on first use. The Agent only ever updates the
+        policy's tensors in place (training, loading weights), so binding once is enough."""
+        if self._live_policy is None:
+            from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when an agent first acts on one obs
 
-        On a CPU the policy acts through onnxruntime (`LiveOnnxPolicy`, on the policy's current
-        parameters): one observation at a time, torch's per-op cost dominates a diffusion chain.
-        """
+            self._live_policy = LiveOnnxPolicy(self.policy, batch=1)
+        return self._live_policy
+
+    def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
+        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i."""
         if self._eval_env is None:
             self._eval_env = self._new_env()
         env = self._eval_env
-        if self.device.type != "cpu":
-            policy: Any = self.policy
-        else:
-            if self._eval_policy is None:
-                from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when an agent first evaluates
-
-                self._eval_policy = LiveOnnxPolicy(self.policy, batch=1)
-            policy = self._eval_policy
-            policy.bind()
         base_seed = 1_000_000 + self.config.seed if seed is None else seed
-        shape = self.policy.noise_shape(1)
         returns, lengths = [], []
         for i in range(episodes):
             obs, _ = env.reset(seed=base_seed + i)
             total, length, done = 0.0, 0, False
             while not done:
-                with torch.inference_mode():
-                    noise = (torch.zeros if deterministic else torch.randn)(shape, device=self.device)
-                    obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1).contiguous()
-                    action = policy(obs_t.to(self.device), noise)[0].cpu().numpy().copy()
-                obs, reward, terminated, truncated, _ = env.step(action)
+                obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=deterministic))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated

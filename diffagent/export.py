@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -101,8 +102,8 @@ class LiveOnnxPolicy:
     """A policy's forward(obs, noise) run by onnxruntime on the policy's own parameter memory.
 
     On-policy training acts once per env step on a batch of num_envs observations, where torch's
-    per-op dispatch dominates: at K = 8 the chain is ~150 tiny ops, 648 us per action traced by
-    torch.jit against 127 us in onnxruntime (DiffPPO on Hopper, batch 1, one thread:
+    per-op dispatch dominates: at K = 8 the chain is ~150 tiny ops, 576 us per action traced by
+    torch.jit against 153 us in onnxruntime (DiffPPO on Hopper, batch 1, one thread:
     benchmarks/acting_latency.py; benchmarks/ppo_throughput.py times the whole loop). The graph
     takes every parameter and buffer as an input (exported without parameters or constant
     folding), and `bind` points those inputs at the tensors' memory: optimizer steps and statistics
@@ -118,38 +119,37 @@ class LiveOnnxPolicy:
         model = _trace_to_onnx(policy, example, export_params=False, do_constant_folding=False)
         self.session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                             providers=["CPUExecutionProvider"])
-        tensors = {**dict(policy.named_parameters()), **dict(policy.named_buffers())}
         self._inputs = [i.name for i in self.session.get_inputs() if i.name not in ("obs", "noise")]
-        unknown = [name for name in self._inputs if name not in tensors]
-        if unknown:
-            raise RuntimeError(f"the exported chain takes inputs that are not tensors of the policy: {unknown}")
         self.action = torch.empty(batch, policy.act_dim)
         self.binding = self.session.io_binding()
-        self._bound: list[torch.Tensor] = []
         _bind(self.binding, "action", self.action, output=True)
+        self._lock = threading.Lock()  # one binding is shared by every call
         self.bind()
 
     def bind(self) -> None:
         """Point the graph's parameter inputs at the policy's tensors (again, should any have been replaced).
 
-        The bound tensors are kept referenced, so a parameter replaced after binding (`module.to`,
+        In-place updates need no new bind; it costs ~120 us, so callers bind once per rollout. The
+        bound tensors are kept referenced, so a parameter replaced after binding (`module.to`,
         `load_state_dict(assign=True)`) leaves the session reading the old values until the next
         `bind`, never freed memory.
         """
         tensors = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
+        unknown = [name for name in self._inputs if name not in tensors]
+        if unknown:
+            raise RuntimeError(f"the exported chain takes inputs that are not tensors of the policy: {unknown}")
         self._bound = [tensors[name].detach() for name in self._inputs]
         for name, tensor in zip(self._inputs, self._bound):
             _bind(self.binding, name, tensor)
 
     def __call__(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Actions (batch, act_dim) in the env's units for float32 CPU obs (batch, obs_dim) and noise (batch, K+1, A).
-
-        The result is a buffer that the next call overwrites.
-        """
-        _bind(self.binding, "obs", obs)
-        _bind(self.binding, "noise", noise)
-        self.session.run_with_iobinding(self.binding)
-        return self.action
+        """Actions (batch, act_dim) in the env's units, a new tensor, for float32 CPU obs (batch, obs_dim)
+        and noise (batch, K+1, A). Thread-safe: calls share one binding and take turns."""
+        with self._lock:
+            _bind(self.binding, "obs", obs)
+            _bind(self.binding, "noise", noise)
+            self.session.run_with_iobinding(self.binding)
+            return self.action.clone()
 
 
 def _bind(binding: ort.IOBinding, name: str, tensor: torch.Tensor, output: bool = False) -> None:

@@ -205,7 +205,8 @@ class _RecordActions(gym.Wrapper):
 @pytest.mark.parametrize("algo, overrides", [("diffsac", {"diffusion_steps": 3, "learning_starts": 100}),
                                              ("ppo", {"rollout_steps": 256})])
 def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, overrides):
-    """evaluate() acts through onnxruntime on a CPU; every action must be the torch policy's, as training changes it."""
+    """act on one observation (so evaluate) runs onnxruntime on a CPU; every action must be the torch policy's,
+    as training changes it."""
     agent = Agent(algo, lambda: _RecordActions(gym.make("Pendulum-v1")), seed=0, **overrides)
     actions = []
     for trained_steps in (0, 512):
@@ -215,7 +216,10 @@ def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, ove
         recorder = agent._eval_env
         assert len(recorder.steps) == 200
         for obs, action in recorder.steps:
-            np.testing.assert_allclose(action, agent.act(obs, deterministic=True), atol=1e-5)
+            with torch.no_grad():
+                reference = agent.policy(torch.as_tensor(obs, dtype=torch.float32)[None],
+                                         torch.zeros(agent.policy.noise_shape(1)))
+            np.testing.assert_allclose(action, reference[0].numpy(), atol=1e-5)
         actions.append(np.stack([action for _, action in recorder.steps]))
         recorder.steps.clear()
     assert np.abs(actions[1][0] - actions[0][0]).max() > 1e-3, "training did not change the first action"

@@ -73,7 +73,7 @@ def trace(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.jit.Scr
 
     Acting runs the chain's K small steps once per env step, the hot loop of on-policy training.
     On a CPU LiveOnnxPolicy acts; on other devices a trace runs the chain without Python's per-op
-    overhead (on a CPU it measured 3x faster than eager at K = 8, onnxruntime 5x faster again).
+    overhead (on a CPU it measured 3x faster than eager at K = 8, onnxruntime 4x faster again).
     torch.jit is deprecated in favour of torch.compile, which costs ~45 s of compilation per run on CPU, more
     than short runs last; the ONNX export traces the same function (diffagent/export.py). Only the
     forward pass is traced: a traced loss computed wrong policy gradients once TorchScript's
@@ -104,7 +104,7 @@ class PPO(Algorithm):
         self.shuffler = torch.Generator().manual_seed(config.seed)
         # The chain is a pure function of (obs, noise) with K unrolled, so acting can run it compiled,
         # on the policy's own parameters and statistics, always with the current policy: onnxruntime on
-        # a CPU (5x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
+        # a CPU (4x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
         self.live_policy: LiveOnnxPolicy | None = None
         if device.type == "cpu":
             from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when a CPU run first acts
@@ -142,7 +142,7 @@ class PPO(Algorithm):
         with torch.inference_mode():  # acting computes the chain only; its log-probs come batched below
             obs = torch.as_tensor(self.obs, dtype=torch.float32, device=self.device)
             while not buffer.full:
-                actions = self.act(obs, buffer.noise_now).cpu().numpy().copy()  # the env may keep it
+                actions = self.act(obs, buffer.noise_now).cpu().numpy()
                 next_obs, rewards, terminated, truncated, info = self.envs.step(actions)
                 dones = terminated | truncated
                 buffer.add(obs, rewards, dones)
