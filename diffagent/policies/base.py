@@ -18,6 +18,13 @@ from diffagent.policies.normalizer import RunningNorm
 
 Kernel = tuple[torch.Tensor, torch.Tensor]  # (mean, log_std) of a diagonal Gaussian
 
+# Acting is total (docs/security.md): with observations clipped by the normaliser, noise clipped to
+# +-NOISE_LIMIT and every latent state to +-LATENT_LIMIT, any finite input gives a finite action.
+# Neither clip moves a real chain: torch's float32 randn never leaves +-6, the prior and the
+# denoising steps keep latents within a few units, and tanh saturates at |x| > 9 in float32.
+NOISE_LIMIT = 10.0
+LATENT_LIMIT = 1e3
+
 
 class PolicySample(NamedTuple):
     """One sampled chain per state."""
@@ -72,11 +79,12 @@ class Policy(nn.Module):
     def _run_chain(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[list[torch.Tensor], list[Kernel]]:
         """The states x_0 .. x_K and the forward kernels that produced them (unstacked: acting needs only x_K)."""
         context = self.context(self.obs_normalizer(obs))
+        noise = noise.clamp(-NOISE_LIMIT, NOISE_LIMIT)
         x = noise[:, 0] * torch.exp(self.prior_log_std())
         states, kernels = [x], []
         for k in range(self.num_steps):  # K is fixed: the loop unrolls in ONNX and CUDA graphs
             mean, log_std = self.forward_kernel(context, x, k)
-            x = mean + torch.exp(log_std) * noise[:, k + 1]
+            x = (mean + torch.exp(log_std) * noise[:, k + 1]).clamp(-LATENT_LIMIT, LATENT_LIMIT)
             states.append(x)
             kernels.append((mean, log_std))
         return states, kernels
@@ -121,8 +129,9 @@ class Policy(nn.Module):
         return gaussian_log_prob(chain[:, :-1], back_mean, back_log_std)
 
     def to_env_action(self, squashed: torch.Tensor) -> torch.Tensor:
-        """Map an action in [-1, 1] to the environment's box."""
-        return self.action_low + (self.action_high - self.action_low) * (squashed + 1.0) * 0.5
+        """Map an action in [-1, 1] to the environment's box (clamped: rounding must not step outside it)."""
+        action = self.action_low + (self.action_high - self.action_low) * (squashed + 1.0) * 0.5
+        return torch.minimum(torch.maximum(action, self.action_low), self.action_high)
 
     def squashed_action(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The action in [-1, 1], with no log-probabilities computed (the acting path)."""

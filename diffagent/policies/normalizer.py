@@ -6,11 +6,17 @@ import torch
 from torch import nn
 
 
+# Raw (unnormalised) inputs are clipped to +-RAW_LIMIT: any finite observation, 3.4e38 included, then
+# gives finite features, so acting is total (docs/security.md). An env whose observations reach
+# this size needs normalize_obs anyway.
+RAW_LIMIT = 1e6
+
+
 class RunningNorm(nn.Module):
     """Normalises inputs by a running mean and variance, clipped to [-clip, clip].
 
     The statistics are buffers, so they are saved in the artifact and baked into the ONNX graph.
-    When disabled it is the identity and is never updated.
+    When disabled it is never updated and only clips to +-RAW_LIMIT.
     """
 
     def __init__(self, dim: int, enabled: bool = True, clip: float = 10.0, eps: float = 1e-8):
@@ -39,5 +45,5 @@ class RunningNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return x
+            return x.clamp(-RAW_LIMIT, RAW_LIMIT)
         return ((x - self.mean) * torch.rsqrt(self.var + self.eps)).clamp(-self.clip, self.clip)
