@@ -25,7 +25,7 @@ def ours(algo: str, env_id: str, warmup: int, steps: int, **overrides) -> float:
     agent = Agent(algo, env_id, learning_starts=warmup, **overrides)
     agent.learn(warmup, eval_every=0, progress=False)
     start = time.perf_counter()
-    agent.learn(warmup + steps, eval_every=0, progress=False)
+    agent.learn(steps, eval_every=0, progress=False)
     return steps / (time.perf_counter() - start)
 
 

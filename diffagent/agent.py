@@ -25,10 +25,11 @@ import torch
 from diffagent import __version__
 from diffagent.algos import ALGORITHM_CLASSES, Algorithm
 from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
-from diffagent.envs import EnvSource, UnavailableEnv, check_spaces, env_factory, space_from_dict, space_to_dict
-from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
-from diffagent.io import (METRICS_FILE, RESULTS_FILE, atomic_write, load_checkpoint, read_jsonl, run_lock, save_artifact,
-                          save_checkpoint, write_json)
+from diffagent.envs import (EnvSource, UnavailableEnv, check_spaces, env_factory, registered_env_id, space_from_dict,
+                            space_to_dict)
+from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError
+from diffagent.io import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, atomic_write, has_checkpoint, json_safe,
+                          load_checkpoint, read_jsonl, run_lock, save_artifact, save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
 
 if TYPE_CHECKING:
@@ -57,9 +58,13 @@ class EvalResult:
                 "deterministic": self.deterministic, "returns": self.returns, "lengths": self.lengths}
 
 
+# The schedules of `learn` when neither the call, an earlier call nor a resumed checkpoint sets them.
+LEARN_DEFAULTS = {"eval_every": 10_000, "eval_episodes": 5, "checkpoint_every": 50_000, "log_every": 1_000}
+
+
 @dataclass
 class _LearnProgress:
-    """What `learn` needs to pick up where a checkpoint left it."""
+    """What `learn` needs to pick up where a checkpoint left it: the budget, the schedules, the evaluations."""
 
     total_steps: int
     eval_every: int
@@ -108,7 +113,8 @@ class Agent:
         self._eval_env: gym.Env | None = None
         self._live_policy: LiveOnnxPolicy | None = None  # what act runs one observation through on a CPU
         self._progress: _LearnProgress | None = None
-        self._resumed_from: Path | None = None  # the run directory `resume` read, until `learn` continues it
+        self._run_dir: Path | None = None  # the run directory this agent trains into (or was resumed from)
+        self._trim_metrics = False  # resumed: metrics logged after the checkpoint are dropped when learn continues
 
     # --- properties --------------------------------------------------------------------------------
     @property
@@ -132,16 +138,17 @@ class Agent:
         """Actions in the env's units for one observation (obs_dim,) or a batch (B, obs_dim).
 
         `noise` (K+1, act_dim) or (B, K+1, act_dim) fixes the chain's randomness; zero noise is the
-        deterministic action. One observation on a CPU (a control loop, `evaluate`) runs the chain in
+        deterministic action. Any finite input gives an action inside the box; NaN or inf (also beyond
+        float32's range) is an InputError, as in `serve`. One observation on a CPU (a control loop, `evaluate`) runs the chain in
         onnxruntime on the policy's own parameters (`LiveOnnxPolicy`), where torch's per-op cost would
         dominate: 153 us against 1,831 us eager for DiffPPO's K = 8 chain
         (benchmarks/acting_latency.py). Its first such call exports the chain (~0.3 s).
         """
-        obs_array = np.asarray(obs, dtype=np.float32)
+        obs_array = _finite_array(obs, "observation")
         single = obs_array.ndim == 1
         obs_dim = self.policy.obs_dim
         if obs_array.ndim not in (1, 2) or obs_array.shape[-1] != obs_dim:
-            raise ValueError(f"expected an observation of shape ({obs_dim},) or a batch (B, {obs_dim}), "
+            raise InputError(f"expected an observation of shape ({obs_dim},) or a batch (B, {obs_dim}), "
                              f"got shape {obs_array.shape}")
         batch = np.ascontiguousarray(obs_array[None] if single else obs_array)
         with torch.inference_mode():
@@ -150,11 +157,11 @@ class Agent:
                 shape = self.policy.noise_shape(batch.shape[0])
                 noise_t = torch.zeros(shape, device=self.device) if deterministic else torch.randn(shape, device=self.device)
             else:
-                noise_array = np.asarray(noise, dtype=np.float32)
+                noise_array = _finite_array(noise, "noise")
                 noise_array = noise_array[None] if single and noise_array.ndim == 2 else noise_array
                 if noise_array.shape != self.policy.noise_shape(batch.shape[0]):
-                    raise ValueError(f"noise must have shape {self.policy.noise_shape(batch.shape[0])} "
-                                     f"(batch, K+1, act_dim), got {np.asarray(noise).shape}")
+                    raise InputError(f"noise must have shape {self.policy.noise_shape(batch.shape[0])} "
+                                     f"(batch, K+1, act_dim), got {np.shape(noise)}")
                 noise_t = torch.from_numpy(np.ascontiguousarray(noise_array)).to(self.device)
             policy = self._single_policy() if batch.shape[0] == 1 and self.device.type == "cpu" else self.policy
             action = policy(obs_t, noise_t).cpu().numpy()
@@ -171,6 +178,8 @@ class Agent:
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
         """Run `episodes` full episodes on a separate env; episode i is reset with seed + i."""
+        if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+            raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
         if self._eval_env is None:
             self._eval_env = self._new_env()
         env = self._eval_env
@@ -189,75 +198,110 @@ class Agent:
         return EvalResult(returns, lengths, deterministic)
 
     # --- training -------------------------------------------------------------------------------------
-    def learn(self, total_steps: int, *, eval_every: int = 10_000, eval_episodes: int = 5,
-              run_dir: str | Path | None = None, checkpoint_every: int = 50_000, log_every: int = 1_000,
+    def learn(self, steps: int | None = None, *, eval_every: int | None = None, eval_episodes: int | None = None,
+              run_dir: str | Path | None = None, checkpoint_every: int | None = None, log_every: int | None = None,
               progress: bool | None = None) -> "Agent":
-        """Train until `total_steps` environment steps in all (counting steps already trained).
+        """Train `steps` more environment steps (Stable-Baselines3's convention: `learn(n)` twice trains 2n).
 
-        With `run_dir`, metrics go to run_dir/metrics.jsonl, resumable checkpoints to
-        run_dir/checkpoints/ every `checkpoint_every` steps, and the final agent and its evaluation
-        to run_dir (config.json, model.safetensors, results.json). `eval_every=0` turns off periodic
-        evaluation; `progress=None` shows a progress bar only on a terminal.
+        `steps=None` continues a resumed run to the budget it was started with. Each schedule left None
+        (`eval_every`, `eval_episodes`, `checkpoint_every`, `log_every`, `run_dir`) keeps its value from
+        the previous `learn` call or from the resumed checkpoint, else takes its default
+        (LEARN_DEFAULTS); one given replaces it from now on. `eval_every=0` turns periodic evaluation off.
+
+        With a run directory, metrics go to run_dir/metrics.jsonl, resumable checkpoints to
+        run_dir/checkpoints/ (one as training starts, then every `checkpoint_every` steps), and the final
+        agent and its evaluation to run_dir (config.json, model.safetensors, results.json). A directory
+        that holds another run is refused: resume it with `Agent.resume`, or choose another.
+        `progress=None` shows a progress bar only on a terminal.
         """
         from tqdm.auto import tqdm
 
-        if total_steps < 1:
-            raise ConfigError(f"total_steps must be positive, got {total_steps}")
-        if self._progress is None:
-            self._progress = _LearnProgress(total_steps, eval_every, eval_episodes, checkpoint_every, log_every)
-        state = self._progress
-        state.total_steps = total_steps
-        run_path = Path(run_dir) if run_dir is not None else None
+        state = self._progress or _LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
+        if steps is None:
+            if self._progress is None or state.total_steps <= self.num_steps:
+                raise ConfigError("learn() needs a number of steps: nothing is left of a resumed run's budget "
+                                  f"({state.total_steps:,} steps, {self.num_steps:,} trained)")
+            steps = state.total_steps - self.num_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        for name, value, minimum in (("eval_every", eval_every, 0), ("eval_episodes", eval_episodes, 0),
+                                     ("checkpoint_every", checkpoint_every, 0), ("log_every", log_every, 1)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+                setattr(state, name, int(value))
+        if state.eval_every and state.eval_episodes < 1:
+            raise ConfigError("eval_episodes must be at least 1 while eval_every is set; pass eval_every=0 to "
+                              "train without evaluations")
+        state.total_steps = self.num_steps + int(steps)
+        self._progress = state
+        run_path = self._claim_run_dir(Path(run_dir)) if run_dir is not None else self._run_dir
         with run_lock(run_path) if run_path is not None else contextlib.nullcontext():
-            if run_path is not None and run_path.resolve() == self._resumed_from:
-                _drop_metrics_after(run_path / METRICS_FILE, self.num_steps)  # under the lock, once
-                self._resumed_from = None
             algorithm = self.algorithm
-            algorithm.total_steps = total_steps
-            bar = tqdm(total=total_steps, initial=algorithm.num_steps, disable=None if progress is None else not progress,
-                       unit="step", dynamic_ncols=True)
-            window: dict[str, list[float]] = {}
-            last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
-            start = time.perf_counter()
-            try:
-                while algorithm.num_steps < total_steps:
-                    before = algorithm.num_steps
-                    for key, value in algorithm.train_iteration().items():
-                        window.setdefault(key, []).append(value)
-                    now_step = algorithm.num_steps
-                    bar.update(now_step - before)
-                    evaluate_now = state.eval_every and (_crossed(before, now_step, state.eval_every)
-                                                         or now_step >= total_steps)
-                    if evaluate_now or _crossed(before, now_step, state.log_every) or now_step >= total_steps:
-                        now = time.perf_counter()
-                        record = {"step": now_step, "steps_per_second": (now_step - last_log_step) / max(now - last_log_time, 1e-9),
-                                  "episodes": algorithm.num_episodes,
-                                  **{k: float(np.mean(v)) for k, v in window.items()}}
-                        if algorithm.recent_returns:
-                            record["train_return"] = float(np.mean(algorithm.recent_returns))
-                        window.clear()
-                        last_log_time, last_log_step = now, now_step
-                        if evaluate_now:
-                            result = self.evaluate(state.eval_episodes)
-                            record.update(eval_return=result.mean, eval_return_std=result.std)
-                            state.evaluations.append({"step": now_step, "mean": result.mean, "std": result.std})
-                            bar.set_postfix(eval_return=f"{result.mean:.1f}")
-                        elif "train_return" in record:
-                            bar.set_postfix(train_return=f"{record['train_return']:.1f}")
-                        if run_path is not None:
-                            with open(run_path / METRICS_FILE, "a") as f:
-                                f.write(json.dumps(record) + "\n")
-                    if run_path is not None and state.checkpoint_every and _crossed(before, now_step, state.checkpoint_every):
-                        state.train_time += time.perf_counter() - start
-                        start = time.perf_counter()
-                        self.save_checkpoint(run_path)
-            finally:
-                bar.close()
-            state.train_time += time.perf_counter() - start
+            algorithm.total_steps = state.total_steps
+            if run_path is not None:
+                if self._trim_metrics:  # a resumed run: those steps are trained again (under the lock, once)
+                    _drop_metrics_after(run_path / METRICS_FILE, self.num_steps)
+                    self._trim_metrics = False
+                if not has_checkpoint(run_path):  # from the first step on, a killed run can be resumed
+                    self.save_checkpoint(run_path)
+            self._train_loop(algorithm, state, run_path, tqdm(
+                total=state.total_steps, initial=algorithm.num_steps, unit="step", dynamic_ncols=True,
+                disable=None if progress is None else not progress))
             if run_path is not None:
                 self.save_checkpoint(run_path)
                 self.save_pretrained(run_path)
             return self
+
+    def _claim_run_dir(self, run_path: Path) -> Path:
+        """`run_path` as this agent's run directory, unless it holds another run's checkpoints, metrics or artifact."""
+        resolved = run_path.resolve()
+        if resolved != self._run_dir:
+            if has_checkpoint(run_path) or (run_path / METRICS_FILE).exists() or (run_path / CONFIG_FILE).exists():
+                raise DiffAgentError(f"{run_path} already holds a run; continue it with Agent.resume({str(run_path)!r}) "
+                                     f"(or `diffagent resume {run_path}`), or train into another directory")
+            self._run_dir = resolved
+        return self._run_dir
+
+    def _train_loop(self, algorithm: Algorithm, state: _LearnProgress, run_path: Path | None, bar: Any) -> None:
+        """Train until the budget, logging every log_every steps, evaluating and checkpointing on schedule."""
+        window: dict[str, list[float]] = {}
+        last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
+        start = time.perf_counter()
+        try:
+            while algorithm.num_steps < state.total_steps:
+                before = algorithm.num_steps
+                for key, value in algorithm.train_iteration().items():
+                    window.setdefault(key, []).append(value)
+                now_step = algorithm.num_steps
+                bar.update(now_step - before)
+                finished = now_step >= state.total_steps
+                evaluate_now = state.eval_every and (_crossed(before, now_step, state.eval_every) or finished)
+                if evaluate_now or _crossed(before, now_step, state.log_every) or finished:
+                    now = time.perf_counter()
+                    record = {"step": now_step, "steps_per_second": (now_step - last_log_step) / max(now - last_log_time, 1e-9),
+                              "episodes": algorithm.num_episodes, **{k: float(np.mean(v)) for k, v in window.items()}}
+                    if algorithm.recent_returns:
+                        record["train_return"] = float(np.mean(algorithm.recent_returns))
+                    window.clear()
+                    last_log_time, last_log_step = now, now_step
+                    if evaluate_now:
+                        result = self.evaluate(state.eval_episodes)
+                        record.update(eval_return=result.mean, eval_return_std=result.std)
+                        state.evaluations.append({"step": now_step, "mean": result.mean, "std": result.std})
+                        bar.set_postfix(eval_return=f"{result.mean:.1f}")
+                    elif "train_return" in record:
+                        bar.set_postfix(train_return=f"{record['train_return']:.1f}")
+                    if run_path is not None:
+                        with open(run_path / METRICS_FILE, "a") as f:
+                            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+                if run_path is not None and state.checkpoint_every and _crossed(before, now_step, state.checkpoint_every):
+                    state.train_time += time.perf_counter() - start
+                    start = time.perf_counter()
+                    self.save_checkpoint(run_path)
+        finally:
+            bar.close()
+            state.train_time += time.perf_counter() - start
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -328,16 +372,30 @@ class Agent:
     @classmethod
     def _from_meta(cls, meta: dict, weights: dict[str, torch.Tensor], env: EnvSource | None,
                    device: str | torch.device, source: str) -> "Agent":
+        algo, config, env_id = meta.get("algo"), meta.get("config"), meta.get("env_id")
+        if not isinstance(algo, str) or not isinstance(config, dict) or env_id is None:
+            raise ArtifactError(f"{source}: config.json lacks a valid 'algo', 'config' or 'env_id'; it is corrupted.")
         try:
-            algo, config, env_id = meta["algo"], meta["config"], meta["env_id"]
-        except KeyError as err:
-            raise ArtifactError(f"{source}: config.json lacks the field {err}; it is corrupted.") from None
-        if env is None:
-            env = _saved_env(meta, env_id)
-        try:
-            agent = cls(algo, env, device=device, **config)
+            make_config(algo, config)  # every value is checked before anything is built from it
         except ConfigError as err:
             raise ArtifactError(f"{source}: cannot rebuild the agent from config.json: {err}") from None
+        if env is None:
+            env = _saved_env(meta, env_id, source)
+        agent = cls(algo, env, device=device, **config)
+        expected = agent.policy.state_dict()
+        for name, tensor in weights.items():
+            problem = None
+            if name not in expected:
+                problem = f"does not match config.json: {name!r} is not a parameter of this policy"
+            elif tensor.dtype != expected[name].dtype or tensor.shape != expected[name].shape:
+                problem = (f"does not match config.json: {name!r} is {str(tensor.dtype).removeprefix('torch.')} "
+                           f"{tuple(tensor.shape)}, expected {str(expected[name].dtype).removeprefix('torch.')} "
+                           f"{tuple(expected[name].shape)}")
+            elif tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                problem = f"holds NaN or inf in {name!r}"
+            if problem:
+                raise ArtifactError(f"{source}: model.safetensors {problem}; the artifact is corrupted or was edited "
+                                    "by hand. Re-download or re-save it.")
         try:
             agent.policy.load_state_dict({k: v.to(agent.device) for k, v in weights.items()})
         except RuntimeError as err:
@@ -348,7 +406,7 @@ class Agent:
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, run_dir: str | Path) -> Path:
         """Write everything needed to resume training to run_dir/checkpoints/ (atomically)."""
-        progress = self._progress or _LearnProgress(self.num_steps, 0, 0, 0, 1000)
+        progress = self._progress or _LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
         state = {"meta": self._meta(), "algorithm": self.algorithm.state_dict(), "progress": progress.__dict__}
         return save_checkpoint(run_dir, self.num_steps, state)
 
@@ -362,23 +420,50 @@ class Agent:
         state = load_checkpoint(run_dir)
         meta = state["meta"]
         agent = cls._from_meta(meta, state["algorithm"]["components"]["policy"], env, device, source=str(run_dir))
-        agent.algorithm.load_state_dict(state["algorithm"])
-        agent._progress = _LearnProgress(**state["progress"])
-        agent._resumed_from = Path(run_dir).resolve()
+        try:
+            agent.algorithm.load_state_dict(state["algorithm"])
+            agent._progress = _LearnProgress(**state["progress"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise ArtifactError(f"cannot resume {run_dir}: its checkpoint does not match its config ({err}); "
+                                "it is corrupted or from another diffagent version.") from None
+        agent._run_dir = Path(run_dir).resolve()
+        agent._trim_metrics = True
         return agent
 
+    @property
+    def budget(self) -> int | None:
+        """The step budget of the current (or resumed) run: `learn()` with no steps trains up to it."""
+        return self._progress.total_steps if self._progress is not None else None
 
-def _saved_env(meta: dict, env_id: str) -> EnvSource:
-    """The saved env, made here, or else a stand-in with the saved spaces (acting needs no env)."""
+
+def _saved_env(meta: dict, env_id: Any, source: str) -> EnvSource:
+    """The saved env made here when its id is registered, or else a stand-in with the saved spaces
+    (acting needs no env). The id is only looked up, never imported (`registered_env_id`)."""
     try:
-        return gym.make(env_id)
-    except Exception as err:  # unknown id, a missing package (mujoco), a failing constructor: all mean "not here"
+        registered = registered_env_id(env_id)
+        spaces = space_from_dict(meta.get("observation_space")), space_from_dict(meta.get("action_space"))
+    except ValueError as err:
+        raise ArtifactError(f"{source}: config.json is invalid: {err}.") from None
+    reason = f"{env_id} is not registered with Gymnasium here; import the package that registers it first"
+    if registered is not None:
         try:
-            spaces = space_from_dict(meta["observation_space"]), space_from_dict(meta["action_space"])
-        except (KeyError, TypeError, ValueError):
-            raise ArtifactError(f"config.json lacks valid observation/action spaces for {env_id}; it is corrupted.") from None
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return lambda: UnavailableEnv(env_id, *spaces, reason)
+            return gym.make(registered)
+        except Exception as err:  # a missing package (mujoco), a failing constructor: both mean "not here"
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return lambda: UnavailableEnv(env_id, *spaces, reason)
+
+
+def _finite_array(values: Any, what: str) -> np.ndarray:
+    """`values` as float32, or an InputError for NaN or inf (float64 beyond float32's range becomes inf)."""
+    try:
+        with np.errstate(over="ignore"):
+            array = np.asarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} must be an array of real numbers ({err})") from None
+    if not np.isfinite(array).all():
+        raise InputError(f"{what} holds NaN or inf (or values beyond float32's range, +-3.4e38); "
+                         "an action needs finite inputs")
+    return array
 
 
 def _drop_metrics_after(path: Path, step: int) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from diffagent.config import ALGORITHMS, algo_spec, config_fields, field_docs, parse_overrides
+from diffagent.io import METRICS_FILE, json_safe
 from diffagent.zoo import DEFAULT_MODELS_DIR
 
 DEFAULT_ALGO = "diffsac"
@@ -51,7 +52,7 @@ def main() -> None:
 @click.option("--algo", default=DEFAULT_ALGO, show_default=True, help=f"One of: {', '.join(ALGORITHMS)}.")
 @click.option("--env", "env_id", default=DEFAULT_ENV, show_default=True, help="Gymnasium environment id (Box actions).")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Total environment steps.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=None, type=int, help="Seed of torch, numpy and the envs [default: 0].")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ALGO-ENV-sSEED].")
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False),
               help="TOML file of hyperparameters with an [ALGO] table, e.g. zoo/hyperparams/Hopper-v4.toml.")
@@ -59,7 +60,8 @@ def main() -> None:
               help="Override a hyperparameter, e.g. --set batch_size=512 (repeatable; wins over --hparams).")
 @click.option("--eval-every", default=None, type=int, help="Evaluate every N steps [default: steps/10].")
 @click.option("--eval-episodes", default=5, show_default=True, type=int)
-@click.option("--checkpoint-every", default=10_000, show_default=True, type=int)
+@click.option("--checkpoint-every", default=None, type=int,
+              help="Checkpoint every N steps, and once at the start [default: at each evaluation, at most every 10,000].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", default=None, type=int, help="torch intra-op threads (default: torch's choice).")
 @click.option("--list-params", is_flag=True, help="List the algorithm's hyperparameters and exit.")
@@ -88,14 +90,19 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
         values = {**load_hyperparameters(hparams_file, algo), **values}
     elif (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
         values = {**QUICKSTART_OVERRIDES, **values}
-    out = Path(out or f"runs/{algo}-{env_id}-s{seed}")
-    if has_checkpoint(out):
-        raise click.ClickException(f"{out} already holds a run; continue it with `diffagent resume {out}` "
-                                   "or pass another --out")
-    agent = Agent(algo, env_id, device=device, seed=seed, **values)
+    if seed is not None and "seed" in values:
+        raise click.ClickException(f"the seed is given twice (--seed {seed} and seed={values['seed']} in --set or "
+                                   "--hparams); give it once")
+    values.setdefault("seed", 0 if seed is None else seed)
+    out = Path(out or f"runs/{algo}-{env_id}-s{values['seed']}")
+    if has_checkpoint(out) or (out / METRICS_FILE).exists():
+        raise click.ClickException(f"{out} already holds a run; continue it with `diffagent resume {out}`, "
+                                   "or delete it, or pass another --out")
+    agent = Agent(algo, env_id, device=device, **values)
+    eval_every = eval_every if eval_every is not None else max(steps // 10, 1)
     click.echo(f"training {algo} on {env_id} for {steps} steps -> {out}")
-    agent.learn(steps, eval_every=eval_every if eval_every is not None else max(steps // 10, 1),
-                eval_episodes=eval_episodes, run_dir=out, checkpoint_every=checkpoint_every)
+    agent.learn(steps, eval_every=eval_every, eval_episodes=eval_episodes, run_dir=out,
+                checkpoint_every=checkpoint_every if checkpoint_every is not None else min(eval_every or 10_000, 10_000))
     _report(agent, out)
 
 
@@ -111,11 +118,13 @@ def resume(run_dir, steps, device, threads):
 
     _set_threads(threads)
     agent = Agent.resume(run_dir, device=device)
-    progress = agent._progress
-    total = steps or progress.total_steps
+    total = steps or agent.budget
+    if total <= agent.num_steps:
+        click.echo(f"{run_dir} has trained {agent.num_steps:,} of {total:,} steps: nothing to do "
+                   "(pass --steps with a larger budget to extend it)")
+        return
     click.echo(f"resuming {agent.algo} on {agent.env_id} at step {agent.num_steps} of {total}")
-    agent.learn(total, eval_every=progress.eval_every, eval_episodes=progress.eval_episodes, run_dir=run_dir,
-                checkpoint_every=progress.checkpoint_every, log_every=progress.log_every)
+    agent.learn(total - agent.num_steps)  # in the run directory it was resumed from, on its own schedules
     _report(agent, Path(run_dir))
 
 
@@ -134,8 +143,9 @@ def evaluate(model, episodes, stochastic, seed, revision, device, as_json):
 
     agent = Agent.from_pretrained(model, revision=revision, device=device)
     result = agent.evaluate(episodes, deterministic=not stochastic, seed=seed)
-    if as_json:
-        click.echo(json.dumps({"model": model, "algo": agent.algo, "env_id": agent.env_id, **result.to_dict()}))
+    if as_json:  # strict JSON: a non-finite return (an env's NaN reward) prints as null
+        summary = {"model": model, "algo": agent.algo, "env_id": agent.env_id, **result.to_dict()}
+        click.echo(json.dumps(json_safe(summary), allow_nan=False))
     else:
         click.echo(f"{agent.algo} on {agent.env_id}: {result.mean:.2f} +/- {result.std:.2f} over {episodes} "
                    f"{'stochastic' if stochastic else 'deterministic'} episodes")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -226,11 +227,14 @@ def parse_value(name: str, kind: type, raw: Any) -> Any:
         if kind is int:
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
                 raise ValueError
-            return int(float(raw)) if isinstance(raw, str) and "e" in raw.lower() else int(raw)
-        if kind is float:
-            if isinstance(raw, bool):
+            value = float(raw) if isinstance(raw, str) and "e" in raw.lower() else raw
+            if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return float(raw)
+            return int(value)
+        if kind is float:
+            if isinstance(raw, bool) or not math.isfinite(value := float(raw)):
+                raise ValueError
+            return value
         if kind is str:
             if not isinstance(raw, str):
                 raise ValueError
@@ -239,11 +243,20 @@ def parse_value(name: str, kind: type, raw: Any) -> Any:
             items = json.loads(raw) if isinstance(raw, str) and raw.strip().startswith("[") else raw
             if isinstance(items, str):
                 items = [p for p in items.replace(" ", "").split(",") if p]
+            if not isinstance(items, (list, tuple)) or len(items) > MAX_LAYERS:
+                raise ValueError
             return tuple(parse_value(name, int, item) for item in items)
-    except (ValueError, TypeError, json.JSONDecodeError):
+    except (ValueError, TypeError, OverflowError, RecursionError, json.JSONDecodeError):
         pass
-    expected = "a comma-separated list of integers, e.g. 256,256" if typing.get_origin(kind) is tuple else kind.__name__
-    raise ConfigError(f"{name}={raw!r} is not a valid value: expected {expected}")
+    expected = {int: "int", float: "a finite float", bool: "bool", str: "str"}.get(
+        kind, f"a comma-separated list of at most {MAX_LAYERS} integers, e.g. 256,256")
+    raise ConfigError(f"{name}={_brief(raw)} is not a valid value: expected {expected}")
+
+
+def _brief(value: Any) -> str:
+    """repr(value), cut to a length an error message can carry."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def cli_value(value: Any) -> str:
@@ -280,18 +293,30 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
     return overrides
 
 
+# Sizes a config may ask for. They bound what building an agent allocates, so a hostile or mistyped
+# value (an artifact's diffusion_steps = 1e7, --set batch_size=1e20) is refused with a message rather
+# than dying in an allocation; each is far beyond any setting this project or the paper uses.
+MAX_WIDTH = 8192
+MAX_LAYERS = 16
+INT_RANGES = {
+    "seed": (0, 2**32 - 1), "diffusion_steps": (1, 1000), "buffer_size": (1, 100_000_000),
+    "learning_starts": (0, 100_000_000), "batch_size": (1, 1_000_000), "gradient_steps": (1, 1000),
+    "num_critics": (1, 100), "lv_chains": (1, 1024), "num_envs": (1, 1024), "rollout_steps": (1, 1_000_000),
+    "num_epochs": (1, 1000), "num_minibatches": (1, 1_000_000),
+}
+
+
 def validate(config: PolicyConfig) -> None:
-    """Range and choice checks, all in one place."""
+    """Range and choice checks, all in one place (every float is already finite: `parse_value`)."""
     problems = []
     for name, choices in CHOICES.items():
         value = getattr(config, name, None)
         if value is not None and value not in choices:
             problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
-    positive_ints = ["diffusion_steps", "buffer_size", "batch_size", "gradient_steps", "num_critics", "lv_chains",
-                     "num_envs", "rollout_steps", "num_epochs", "num_minibatches"]
-    for name in positive_ints:
-        if getattr(config, name, 1) < 1:
-            problems.append(f"{name} must be at least 1, got {getattr(config, name)}")
+    for name, (low, high) in INT_RANGES.items():
+        value = getattr(config, name, None)
+        if value is not None and not low <= value <= high:
+            problems.append(f"{name} must lie in [{low:,}, {high:,}], got {value:,}")
     if not 0.0 <= config.gamma <= 1.0:
         problems.append(f"gamma must lie in [0, 1], got {config.gamma}")
     for name in ("prior_std", "step_size_max", "step_size_min", "actor_lr", "critic_lr", "alpha_lr", "alpha_init"):
@@ -309,15 +334,18 @@ def validate(config: PolicyConfig) -> None:
         problems.append(f"gae_lambda must lie in [0, 1], got {config.gae_lambda}")
     if hasattr(config, "target_policy_tau") and not 0.0 < config.target_policy_tau <= 1.0:
         problems.append(f"target_policy_tau must lie in (0, 1], got {config.target_policy_tau}")
+    if hasattr(config, "rollout_steps") and config.rollout_steps * config.num_envs > 10_000_000:
+        problems.append(f"a rollout of rollout_steps * num_envs = {config.rollout_steps * config.num_envs:,} transitions "
+                        "exceeds 10,000,000; lower one of them")
     if hasattr(config, "num_minibatches") and config.num_minibatches > config.rollout_steps * config.num_envs:
         problems.append(f"num_minibatches={config.num_minibatches} exceeds the rollout's "
                         f"{config.rollout_steps * config.num_envs} transitions; lower it or raise rollout_steps")
-    if hasattr(config, "value_hidden_sizes") and (not config.value_hidden_sizes or min(config.value_hidden_sizes) < 1):
-        problems.append(f"value_hidden_sizes must be positive widths, got {config.value_hidden_sizes}")
+    for name in ("policy_hidden_sizes", "critic_hidden_sizes", "value_hidden_sizes"):
+        widths = getattr(config, name, None)
+        if widths is not None and (not widths or not all(1 <= w <= MAX_WIDTH for w in widths)):
+            problems.append(f"{name} must be 1 to {MAX_LAYERS} widths, each in [1, {MAX_WIDTH:,}], got {widths}")
     if getattr(config, "actor_gradient", None) == "lv" and config.lv_chains < 2:
         problems.append("actor_gradient='lv' needs lv_chains >= 2 for its leave-one-out baseline")
-    if any(w < 1 for w in config.policy_hidden_sizes) or not config.policy_hidden_sizes:
-        problems.append(f"policy_hidden_sizes must be positive widths, got {config.policy_hidden_sizes}")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 

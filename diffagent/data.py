@@ -7,6 +7,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from diffagent.errors import ConfigError
+
 
 class Batch(NamedTuple):
     obs: torch.Tensor
@@ -21,11 +23,16 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu"):
         self.capacity, self.device = capacity, torch.device(device)
-        self.obs = torch.zeros(capacity, obs_dim)
-        self.next_obs = torch.zeros(capacity, obs_dim)
-        self.actions = torch.zeros(capacity, act_dim)
-        self.rewards = torch.zeros(capacity)
-        self.terminated = torch.zeros(capacity)
+        try:
+            self.obs = torch.zeros(capacity, obs_dim)
+            self.next_obs = torch.zeros(capacity, obs_dim)
+            self.actions = torch.zeros(capacity, act_dim)
+            self.rewards = torch.zeros(capacity)
+            self.terminated = torch.zeros(capacity)
+        except RuntimeError:  # torch's allocator says only "can't allocate memory"
+            gigabytes = capacity * (2 * obs_dim + act_dim + 2) * 4 / 2**30
+            raise ConfigError(f"a replay buffer of buffer_size={capacity:,} transitions needs {gigabytes:.1f} GiB, "
+                              "more than this machine can allocate; lower buffer_size") from None
         self.pos, self.size = 0, 0
 
     def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool) -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Union
+import re
+from typing import Any, Callable, Union
 
 import gymnasium as gym
 import numpy as np
@@ -10,6 +11,23 @@ import numpy as np
 from diffagent.errors import ConfigError
 
 EnvSource = Union[str, gym.Env, Callable[[], gym.Env]]
+
+# A registered id as an artifact may name it: [namespace/]name[-vN], with no `module:` prefix (which
+# would make gym.make import that module: loading an artifact must never run code).
+_PLAIN_ENV_ID = re.compile(r"^(?:[A-Za-z0-9_-]{1,100}/)?[A-Za-z0-9_.-]{1,100}$")
+MAX_SPACE_SIZE = 1_000_000  # entries of a saved observation or action space: bounds what a description allocates
+
+
+def registered_env_id(env_id: Any) -> str | None:
+    """`env_id` if it is a plain id registered with Gymnasium now, None if it is plain but unregistered.
+
+    For ids read from an artifact: nothing is imported, so a `module:Env` id is refused (ArtifactError
+    from the caller) instead of importing `module`.
+    """
+    if not isinstance(env_id, str) or not _PLAIN_ENV_ID.match(env_id):
+        raise ValueError(f"env_id {str(env_id)[:120]!r} is not a plain Gymnasium id ([namespace/]name-vN); "
+                         "an artifact never names a module to import. Pass env= to load it with your own env")
+    return env_id if env_id in gym.registry else None
 
 
 def env_factory(env: EnvSource, **make_kwargs) -> tuple[Callable[[], gym.Env], str]:
@@ -68,14 +86,26 @@ def space_to_dict(space: gym.spaces.Box) -> dict:
     return {"shape": list(space.shape), "low": bounds(space.low), "high": bounds(space.high), "dtype": str(space.dtype)}
 
 
-def space_from_dict(description: dict) -> gym.spaces.Box:
-    """Inverse of `space_to_dict`."""
-    shape = tuple(description["shape"])
+def space_from_dict(description: Any) -> gym.spaces.Box:
+    """Inverse of `space_to_dict`, checked entry by entry (it may come from an untrusted artifact): a
+    ValueError says what is wrong."""
+    if not isinstance(description, dict):
+        raise ValueError(f"a space description must be an object, got {type(description).__name__}")
+    shape = description.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 1 or isinstance(shape[0], bool) or not isinstance(shape[0], int)
+            or not 1 <= shape[0] <= MAX_SPACE_SIZE):
+        raise ValueError(f"a space's shape must be [n] with 1 <= n <= {MAX_SPACE_SIZE:,}, got {str(shape)[:80]}")
 
-    def bounds(values: list, fill: float) -> np.ndarray:
-        return np.array([fill if v is None else v for v in values], dtype=np.float32).reshape(shape)
-    return gym.spaces.Box(bounds(description["low"], -np.inf), bounds(description["high"], np.inf), shape,
-                          dtype=np.dtype(description.get("dtype", "float32")))
+    def bounds(name: str, fill: float) -> np.ndarray:
+        values = description.get(name)
+        if not isinstance(values, list) or len(values) != shape[0] or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)) for v in values):
+            raise ValueError(f"a space's {name!r} must list {shape[0]} finite numbers (null for unbounded)")
+        return np.array([fill if v is None else v for v in values], dtype=np.float32)
+    low, high = bounds("low", -np.inf), bounds("high", np.inf)
+    if not np.all(low <= high):
+        raise ValueError("a space's low bound exceeds its high bound")
+    return gym.spaces.Box(low, high, tuple(shape), dtype=np.float32)
 
 
 class UnavailableEnv(gym.Env):
@@ -86,6 +116,7 @@ class UnavailableEnv(gym.Env):
 
     def __init__(self, env_id: str, observation_space: gym.spaces.Box, action_space: gym.spaces.Box, reason: str):
         self.observation_space, self.action_space = observation_space, action_space
+        self.spec = gym.envs.registration.EnvSpec(env_id)  # so the agent keeps the saved id, not this class's name
         self._message = (f"{env_id} cannot be made on this machine ({reason}). The agent can still act; to "
                          f"evaluate or train it, install the env's package or pass env= to from_pretrained.")
 

@@ -11,3 +11,7 @@ class ConfigError(DiffAgentError, ValueError):
 
 class ArtifactError(DiffAgentError, RuntimeError):
     """A saved agent or checkpoint that is missing, corrupted, or from an unknown format version."""
+
+
+class InputError(DiffAgentError, ValueError):
+    """An observation or noise array that a policy cannot act on: wrong shape, or NaN/inf values."""

@@ -113,7 +113,7 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = N
     source = repo_id if revision is None else f"{repo_id}@{revision}"
     directory = download(repo_id, revision)
     try:
-        meta, weights = load_artifact(directory)
+        meta, weights = load_artifact(directory, root=directory.parents[1])  # snapshot files link into ../../blobs
     except ArtifactError as err:
         raise ArtifactError(f"{source} on the Hub: {err} If the repository's copy is broken, push the agent "
                             f"again (diffagent push); if only your cached copy is, delete it with "

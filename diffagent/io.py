@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -41,6 +42,9 @@ METRICS_FILE = "metrics.jsonl"  # in a run directory: one JSON record per log in
 LOCK_FILE = ".lock"
 HELD_LOCK_ENV = "DIFFAGENT_HELD_LOCK"
 _TENSOR_KEY = "__tensor__"
+# A config.json or a checkpoint's state.json is a few kB to a few MB (the JSON skeleton of the state;
+# tensors live in safetensors): a larger file is not one diffagent wrote.
+MAX_JSON_BYTES = 64 * 2**20
 
 
 # --- nested state <-> (flat tensors, JSON skeleton) ---------------------------------------------
@@ -97,11 +101,22 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
+def json_safe(tree: Any) -> Any:
+    """`tree` with every NaN or inf float replaced by None: strict JSON has no NaN, and readers choke on it."""
+    if isinstance(tree, float):
+        return tree if np.isfinite(tree) else None
+    if isinstance(tree, dict):
+        return {k: json_safe(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [json_safe(v) for v in tree]
+    return tree
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write JSON atomically (a reader sees the old file or the new one, never half of one)."""
     def write(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
             f.write("\n")
     atomic_write(Path(path), write)
 
@@ -112,14 +127,18 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES) -> Any:
     if not path.is_file():
         raise ArtifactError(f"{what}: {path} is missing. Is this a directory written by diffagent "
                             "(save_pretrained or `diffagent train`)?")
+    if path.stat().st_size > max_bytes:
+        raise ArtifactError(f"{what}: {path} is {path.stat().st_size:,} bytes, more than the {max_bytes:,} such a "
+                            "file can need; it is corrupted or not diffagent's.")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{what}: {path} is not valid JSON ({err}); the file is corrupted. "
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise ArtifactError(f"{what}: {path} is not valid JSON ({reason}); the file is corrupted. "
                             "Re-download or re-save the agent.") from None
 
 
@@ -153,19 +172,40 @@ def save_artifact(directory: str | Path, meta: dict, policy_state: dict[str, tor
     return directory
 
 
-def load_artifact(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config.json contents, policy tensors) of an artifact directory, or an ArtifactError."""
+def contained(path: Path, root: Path) -> Path:
+    """`path`, after checking that it resolves (symlinks followed) to a place inside `root`.
+
+    Loading reads nothing outside the artifact or run directory it was given: a symlink or a
+    `latest.json` naming ../elsewhere or /etc/... is an ArtifactError.
+    """
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ArtifactError(f"{path} points outside {root} (to {resolved}); diffagent reads only files inside the "
+                            "directory it loads. Replace the link with the file itself.")
+    return path
+
+
+def load_artifact(directory: str | Path, root: str | Path | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json contents, policy tensors) of an artifact directory, or an ArtifactError.
+
+    Every file must resolve inside `root` (default: the directory itself; a Hub snapshot's files are
+    links into its repository's cache folder, which is then the root).
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise ArtifactError(f"no agent at {directory}: the directory does not exist.")
-    meta = read_json(directory / CONFIG_FILE, "cannot load agent")
+    root = Path(root) if root is not None else directory
+    meta = read_json(contained(directory / CONFIG_FILE, root), "cannot load agent")
     if not isinstance(meta, dict):
         raise ArtifactError(f"{directory / CONFIG_FILE} must hold a JSON object; it is corrupted.")
     check_format_version(meta, directory / CONFIG_FILE)
-    return meta, read_safetensors(directory / WEIGHTS_FILE, "cannot load agent")
+    return meta, read_safetensors(contained(directory / WEIGHTS_FILE, root), "cannot load agent")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
+_CHECKPOINT_NAME = re.compile(r"^step_\d{10}$")
+
+
 def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) -> Path:
     """Write training state to run_dir/checkpoints/step_N atomically and point `latest` at it."""
     root = Path(run_dir) / CHECKPOINT_DIR
@@ -192,13 +232,30 @@ def save_checkpoint(run_dir: str | Path, step: int, state: dict, keep: int = 2) 
 
 def load_checkpoint(run_dir: str | Path) -> dict:
     """The state saved by the last completed `save_checkpoint` in run_dir."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    pointer = read_json(root / LATEST_FILE, f"cannot resume {run_dir}")
-    folder = root / str(pointer.get("checkpoint", ""))
-    meta = read_json(folder / "state.json", f"cannot resume {run_dir}")
+    run_dir = Path(run_dir)
+    root = run_dir / CHECKPOINT_DIR
+    what = f"cannot resume {run_dir}"
+    if not (root / LATEST_FILE).is_file():
+        if not run_dir.is_dir():
+            raise ArtifactError(f"{what}: the directory does not exist.")
+        raise ArtifactError(f"{what}: it holds no checkpoint ({root / LATEST_FILE} is missing), so it is not a run "
+                            "directory, or its run was stopped before the first checkpoint was written. Train it "
+                            f"again from the start: delete {run_dir} and run the same `diffagent train` command.")
+    pointer = read_json(contained(root / LATEST_FILE, run_dir), what)
+    name = pointer.get("checkpoint") if isinstance(pointer, dict) else None
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.match(name):
+        raise ArtifactError(f"{what}: {root / LATEST_FILE} must name a checkpoint folder step_NNNNNNNNNN beside it, "
+                            f"got {str(name)[:80]!r}; it is corrupted.")
+    folder = root / name
+    meta = read_json(contained(folder / "state.json", run_dir), what)
+    if not isinstance(meta, dict) or "state" not in meta:
+        raise ArtifactError(f"{what}: {folder / 'state.json'} is not a checkpoint's state; it is corrupted.")
     check_format_version(meta, folder / "state.json")
-    tensors = read_safetensors(folder / "state.safetensors", f"cannot resume {run_dir}")
-    return unflatten_state(meta["state"], tensors)
+    tensors = read_safetensors(contained(folder / "state.safetensors", run_dir), what)
+    try:
+        return unflatten_state(meta["state"], tensors)
+    except (KeyError, TypeError, RecursionError) as err:
+        raise ArtifactError(f"{what}: {folder} holds a state whose parts do not match ({err!r}); it is corrupted.") from None
 
 
 @contextlib.contextmanager

@@ -57,7 +57,7 @@ def test_resume_continues_from_the_checkpoint(trained):
     assert resumed.num_steps == 300
     assert resumed.algorithm.buffer.size == 300
     assert resumed.policy.obs_normalizer.count.item() == 300
-    resumed.learn(350, run_dir=run, progress=False)
+    resumed.learn(50, run_dir=run, progress=False)
     assert resumed.num_steps == 350
     assert Agent.resume(run).num_steps == 350
 
@@ -70,7 +70,7 @@ def test_resume_forgets_metrics_logged_after_its_checkpoint(tmp_path):
     resumed = Agent.resume(tmp_path)
     steps = lambda: [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert steps() == [100, 200, 300]  # resuming only reads the run
-    resumed.learn(300, run_dir=tmp_path, progress=False)
+    resumed.learn(progress=False)  # to the run's own budget, in its own directory
     assert steps() == [100, 200, 300]  # the records past the checkpoint were replaced, not repeated
 
 

@@ -1,4 +1,4 @@
-"""PPO/DiffPPO: K = 1 is textbook PPO, per-step advantages, episode boundaries, learning, resume."""
+"""PPO/DiffPPO: K = 1 is textbook PPO, per-step advantages, episode boundaries, resume (learning: test_learning.py)."""
 
 import copy
 
@@ -194,19 +194,6 @@ def test_returns_stop_at_episode_ends_and_bootstrap_only_truncations(terminate, 
     assert ppo.num_episodes == 4 and list(ppo.recent_returns) == [5.0] * 4
 
 
-@pytest.mark.parametrize("algo, threshold", [("ppo", 500), ("diffppo", 300)])
-def test_ppo_learns_inverted_pendulum(algo, threshold):
-    """Default hyperparameters, 12 rollouts. Untrained policies balance for 20-60 steps. At 16,384
-    steps the returns ranged 90-912 (PPO) and 83-411 (DiffPPO) over seeds 0-4 and moved with float
-    rounding (trace vs onnxruntime acting); at 24,576 steps, seeds 0-3: PPO 997-1000, DiffPPO 598-1000."""
-    agent = Agent(algo, "InvertedPendulum-v4", seed=0)
-    before = agent.evaluate(3).mean
-    agent.learn(24_576, eval_every=0, progress=False)
-    after = agent.evaluate(5).mean
-    assert before < 100, before
-    assert after > threshold, f"{algo} reached only {after:.0f} on InvertedPendulum-v4 after 24,576 steps"
-
-
 def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     agent, ppo = _small("diffppo", diffusion_steps=2, num_epochs=2)
     agent.learn(128, eval_every=0, checkpoint_every=64, run_dir=tmp_path, progress=False)
@@ -219,7 +206,7 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     assert new.reward_scaler.return_stats.count.item() == 128
     assert torch.equal(new.shuffler.get_state(), ppo.shuffler.get_state())
     assert new.optimizer.state_dict()["state"][0]["step"] == ppo.optimizer.state_dict()["state"][0]["step"]
-    resumed.learn(192, eval_every=0, progress=False)
+    resumed.learn(64, eval_every=0, progress=False)
     assert resumed.num_steps == 192
 
 
