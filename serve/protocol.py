@@ -74,12 +74,13 @@ class ErrorCode(IntEnum):
     NON_FINITE = 7
     BAD_FLAGS = 8
     UNAUTHORIZED = 9  # fatal: a token is required and was missing or wrong
-    BUSY = 10  # fatal: the server holds its maximum number of connections
+    BUSY = 10  # fatal: every connection slot is taken, and this connection got none or gave its up
     INTERNAL = 11
+    TIMED_OUT = 12  # fatal: no AUTH within the AUTH deadline, or no request within the idle timeout
 
 
 FATAL_ERRORS = frozenset({ErrorCode.BAD_MAGIC, ErrorCode.UNSUPPORTED_VERSION, ErrorCode.FRAME_TOO_LARGE,
-                          ErrorCode.UNAUTHORIZED, ErrorCode.BUSY})
+                          ErrorCode.UNAUTHORIZED, ErrorCode.BUSY, ErrorCode.TIMED_OUT})
 
 
 class ProtocolError(Exception):

@@ -106,6 +106,11 @@ def resolve_model(model: str | Path) -> Path:
         if not onnx_path.is_file():
             raise ModelLoadError(f"{path} holds no {ONNX_FILE}; export it first: "
                                  f"`Agent.from_pretrained('{path}').export_onnx('{onnx_path}')`.")
+        # An artifact is read from inside its directory only (a Hub snapshot's files link into its repo's cache)
+        root = path.parents[1] if path.parent.name == "snapshots" else path
+        if not onnx_path.resolve().is_relative_to(root.resolve()):
+            raise ModelLoadError(f"{onnx_path} links outside {root} (to {onnx_path.resolve()}); an artifact's files "
+                                 "must lie inside its directory: replace the link with the file, or pass the .onnx path.")
         return onnx_path
     if path.is_file():
         return path
@@ -222,10 +227,18 @@ class OnnxPolicy:
             raise ModelLoadError(f"{self.source}: graph inputs {sorted(inputs)} and outputs {outputs} do not match "
                                  f"the diffagent contract (inputs {sorted(expected)}, output 'action'); re-export "
                                  "the policy with `Agent.export_onnx(path)`.")
-        obs_shape = inputs["obs"].shape
-        if len(obs_shape) != 2 or (isinstance(obs_shape[1], int) and obs_shape[1] != self.obs_dim):
-            raise ModelLoadError(f"{self.source}: graph input obs has shape {obs_shape}, but the metadata says "
-                                 f"obs_dim={self.obs_dim}; the file is inconsistent, re-export it.")
+        # Every static dimension must agree with the metadata the server and clients size their arrays by.
+        declared = {"obs": (inputs["obs"].shape, [None, self.obs_dim]),
+                    "action": (self.session.get_outputs()[outputs.index("action")].shape, [None, self.act_dim])}
+        if self.metadata.noise_input:
+            declared["noise"] = (inputs["noise"].shape, [None, self.num_steps + 1, self.act_dim])
+        for name, (shape, expected_shape) in declared.items():
+            if len(shape) != len(expected_shape) or any(isinstance(have, int) and want is not None and have != want
+                                                        for have, want in zip(shape, expected_shape)):
+                raise ModelLoadError(f"{self.source}: graph {name} has shape {shape}, but the metadata says "
+                                     f"{['batch', *expected_shape[1:]]} (num_steps={self.num_steps}, "
+                                     f"obs_dim={self.obs_dim}, act_dim={self.act_dim}); the file is inconsistent, "
+                                     "re-export it.")
 
     # --- acting -------------------------------------------------------------------------------------
     def act(self, obs: Any, noise: Any = None, deterministic: bool = False) -> np.ndarray:
@@ -247,7 +260,7 @@ class OnnxPolicy:
         if array.ndim not in (1, 2) or array.shape[-1] != self.obs_dim or array.shape[0] == 0:
             raise InputError(ErrorCode.BAD_SHAPE, f"expected an observation of shape ({self.obs_dim},) or a batch "
                                                   f"(B, {self.obs_dim}) with B >= 1, got shape {array.shape}")
-        _check_finite(array, "observation")
+        check_finite(array, "observation")
         return (array[None] if single else array), single
 
     def check_noise(self, noise: Any, batch: int, single: bool = False,
@@ -273,7 +286,7 @@ class OnnxPolicy:
         if array.shape != shape:
             raise InputError(ErrorCode.BAD_SHAPE, f"noise must have shape {shape} (batch, K+1, act_dim) or "
                                                   f"{shape[1:]} for one observation, got {np.shape(noise)}")
-        _check_finite(array, "noise")
+        check_finite(array, "noise")
         return array
 
     def draw_noise(self, batch: int) -> np.ndarray:
@@ -324,7 +337,15 @@ class OnnxPolicy:
             obs = np.zeros((batch, self.obs_dim), dtype=np.float32)
             noise = self.zeros(batch) if self.metadata.noise_input else None
             for _ in range(_WARMUP_RUNS):
-                self.run(obs, noise)
+                try:
+                    action = self.run(obs, noise)
+                except Exception as err:  # onnxruntime's own error types: the graph disagrees with its metadata
+                    raise ModelLoadError(f"{self.source}: the graph fails on inputs shaped as its metadata says "
+                                         f"({type(err).__name__}: {str(err).strip()[:300]}); the file is "
+                                         "inconsistent, re-export it.") from None
+                if action.shape != (batch, self.act_dim):
+                    raise ModelLoadError(f"{self.source}: the graph returns actions of shape {action.shape}, but its "
+                                         f"metadata says ({batch}, {self.act_dim}); re-export it.")
 
     def __repr__(self) -> str:
         m = self.metadata
@@ -340,14 +361,18 @@ def _as_float32(value: Any, what: str) -> np.ndarray:
     if array.dtype.kind not in "iuf":
         raise InputError(ErrorCode.BAD_DTYPE, f"{what} must be real numbers (float32 preferred), got dtype "
                                               f"{array.dtype}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, which _check_finite reports
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, which check_finite reports
         return array.astype(np.float32)
 
 
-def _check_finite(array: np.ndarray, what: str) -> None:
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuse NaN and inf in `array` (the `what` of a request: "observation" or "noise") with NON_FINITE.
+
+    The one check behind `OnnxPolicy.act` and the server's ACT, so both say the same thing.
+    """
     if not np.isfinite(array).all():
-        raise InputError(ErrorCode.NON_FINITE, f"{what} holds NaN or inf (float64 values beyond float32 range "
-                                               "become inf); clean the input before calling the policy")
+        raise InputError(ErrorCode.NON_FINITE, f"{what} holds NaN or inf (or values beyond float32's range, "
+                                               f"+-3.4e38); an action needs finite inputs: fix or drop this {what}")
 
 
 def load_policy(model: str | Path, provider: str | None = None, threads: int = 1, seed: int | None = None, *,
@@ -392,4 +417,4 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
 
 
 __all__ = ["OnnxPolicy", "PolicyMetadata", "InputError", "ModelLoadError", "load_policy", "resolve_model",
-           "session_options", "ONNX_FILE"]
+           "session_options", "check_finite", "ONNX_FILE"]

@@ -18,6 +18,21 @@ Design, and why:
   version, oversized, unauthorised) gets an ERROR reply and the connection is closed. A client that
   stalls mid-frame is dropped after `frame_timeout` seconds, one that hangs up mid-frame is
   forgotten, and a client that does not read its replies is dropped when its backlog is too large.
+- **A slot is lent, not given.** Each connection holds one of `max_connections` slots, so a peer
+  that takes one and never uses it must lose it: with a token, AUTH must be complete within
+  `auth_timeout` (5 s: a client sends it in its first round trip, so this allows a slow link and
+  still frees a squatted slot soon), and any connection that sends no complete frame for
+  `idle_timeout` (60 s, about a keep-alive's; 0 or None: no limit) is closed with a TIMED_OUT error
+  that says which. `serve.Client` reconnects by itself, so the idle timeout costs a paused control
+  loop one reconnect.
+- **Room for a good client.** When every slot is taken, a newcomer displaces the oldest connection
+  that has not proven itself (not yet authenticated; without a token, no frame sent yet), which
+  gets BUSY; only when every slot belongs to a proven client is the newcomer refused with BUSY.
+  So sockets that connect and stay silent can never lock a good client out, and no stream of
+  anonymous connections can push out a client that holds the token (evicting the longest-idle
+  connection whatever it is would let anyone without the token disconnect paused token holders
+  one by one; reserved slots would run out just the same). Proven clients that fall silent give
+  their slots back through the idle timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import selectors
 import signal
 import socket
@@ -38,12 +54,14 @@ import numpy as np
 
 from serve.protocol import (DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, HEADER_SIZE, KNOWN_FLAGS, VERSION, DType, ErrorCode,
                             Flags, Header, MsgType, ProtocolError, error_frame, pack_header, parse_header)
-from serve.runtime import NOISE_POOL_SIZE, InputError, ModelLoadError, OnnxPolicy, load_policy
+from serve.runtime import NOISE_POOL_SIZE, InputError, ModelLoadError, OnnxPolicy, check_finite, load_policy
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_FRAME_TIMEOUT = 10.0
+DEFAULT_AUTH_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 60.0
 _RECV_SIZE = 1 << 16  # below glibc's mmap threshold: a larger recv buffer costs an mmap per call
 # A client whose unread replies pass this many bytes is not reading them; drop it rather than buffer forever.
 _MAX_BACKLOG = 4 * DEFAULT_MAX_PAYLOAD
@@ -81,14 +99,24 @@ def check_bind(host: str, allow_remote: bool, token: str | None) -> None:
                                "or set DIFFAGENT_SERVE_TOKEN; clients then call Client(..., token=SECRET).")
 
 
+def check_timeouts(auth_timeout: float, idle_timeout: float | None) -> None:
+    """Refuse an AUTH deadline that is not positive and a negative idle timeout (0 or None: no idle limit)."""
+    if not auth_timeout > 0:  # also refuses NaN
+        raise ServeConfigError(f"--auth-timeout must be > 0 seconds, got {auth_timeout}")
+    if idle_timeout is not None and not idle_timeout >= 0:
+        raise ServeConfigError(f"--idle-timeout must be >= 0 seconds (0 means no limit), got {idle_timeout}")
+
+
 @dataclass
 class _Connection:
     sock: socket.socket
     peer: str
     authed: bool
+    accepted: float  # time.monotonic() at accept: the AUTH deadline and the idle clock start here
     inbuf: bytearray = field(default_factory=bytearray)
     out: bytearray = field(default_factory=bytearray)
     partial_since: float | None = None  # when the unfinished frame in inbuf started arriving
+    last_frame: float | None = None  # when the latest complete frame arrived; None: it has sent none (unproven)
     closing: bool = False  # a fatal error was queued or the peer hung up: send what is queued, then close
     events: int = selectors.EVENT_READ  # what the selector watches for
 
@@ -118,15 +146,21 @@ class PolicyServer:
         batching: run the ACT requests found in one round as a single graph call.
         max_payload: the largest accepted payload in bytes; larger frames are refused and the
             connection is closed.
-        max_connections: connections beyond this get a BUSY error and are closed.
+        max_connections: the most connections held at once; a newcomer beyond this displaces the oldest
+            connection that has not authenticated (without a token: sent no frame), or gets BUSY.
         frame_timeout: seconds a started frame may take to arrive in full.
+        auth_timeout: with `token`, seconds a connection has to complete AUTH before it is closed.
+        idle_timeout: seconds a connection may go without sending a complete frame before it is
+            closed; 0 or None for no limit.
     """
 
     def __init__(self, policy: OnnxPolicy, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  token: str | None = None, allow_remote: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
                  batching: bool = True, max_payload: int = DEFAULT_MAX_PAYLOAD,
-                 max_connections: int = DEFAULT_MAX_CONNECTIONS, frame_timeout: float = DEFAULT_FRAME_TIMEOUT):
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS, frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                 auth_timeout: float = DEFAULT_AUTH_TIMEOUT, idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT):
         check_bind(host, allow_remote, token)
+        check_timeouts(auth_timeout, idle_timeout)
         if max_batch < 1:
             raise ServeConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.policy = policy
@@ -136,6 +170,8 @@ class PolicyServer:
         self.max_payload = max_payload
         self.max_connections = max_connections
         self.frame_timeout = frame_timeout
+        self.auth_timeout = auth_timeout
+        self.idle_timeout = idle_timeout or None
         meta = policy.metadata
         self._obs_dim, self._noise_input = meta.obs_dim, meta.noise_input
         self._noise_row = (meta.num_steps + 1) * meta.act_dim
@@ -153,6 +189,7 @@ class PolicyServer:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._connections: dict[int, _Connection] = {}
+        self._next_deadline = math.inf  # the earliest frame, AUTH or idle deadline of any connection
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -224,13 +261,12 @@ class PolicyServer:
             self._flush(conn)
         if acts:  # replies are out: top up the noise block now rather than inside a later request
             self.policy.refill_noise(low_water=_NOISE_LOW_WATER)
-        self._expire_partial_frames()
+        self._expire_connections()
 
     def _select_timeout(self) -> float | None:
-        starts = [c.partial_since for c in self._connections.values() if c.partial_since is not None]
-        if not starts:
+        if self._next_deadline == math.inf:
             return None
-        return max(0.0, min(starts) + self.frame_timeout - time.monotonic())
+        return max(0.0, self._next_deadline - time.monotonic())
 
     def _accept(self) -> None:
         while True:
@@ -243,15 +279,32 @@ class PolicyServer:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # replies are tiny: never wait for Nagle
             sock.setblocking(False)
-            if len(self._connections) >= self.max_connections:
-                _send_and_close(sock, error_frame(0, ErrorCode.BUSY, f"the server holds its maximum of "
-                                                                    f"{self.max_connections} connections; retry "
-                                                                    "later or raise --max-connections"))
+            if len(self._connections) >= self.max_connections and not self._make_room():
+                _send_and_close(sock, error_frame(0, ErrorCode.BUSY, self._full_message()))
                 continue
-            conn = _Connection(sock, f"{peer[0]}:{peer[1]}", authed=self.token is None)
+            conn = _Connection(sock, f"{peer[0]}:{peer[1]}", authed=self.token is None, accepted=time.monotonic())
             self._connections[id(conn)] = conn
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self.stats["connections"] += 1
+
+    def _make_room(self) -> bool:
+        """Dismiss the oldest unproven connection to free a slot for a newcomer; False if every one is proven."""
+        unproven = [conn for conn in self._connections.values() if conn.last_frame is None]
+        if not unproven:
+            return False
+        oldest = min(unproven, key=lambda conn: conn.accepted)
+        lapse, fix = ("had not completed AUTH", "send AUTH") if self.token else ("sent no request", "send one")
+        self._dismiss(oldest, ErrorCode.BUSY, f"the server holds its maximum of {self.max_connections} connections "
+                                              f"and gave this one's slot to a newcomer, as this one {lapse}; "
+                                              f"{fix} as soon as you connect, or raise --max-connections")
+        return True
+
+    def _full_message(self) -> str:
+        """BUSY's text for a newcomer refused because every slot belongs to a proven client."""
+        proof = "authenticated" if self.token else "sent requests"
+        release = f" (a client idle for {self.idle_timeout:g} s loses its slot)" if self.idle_timeout else ""
+        return (f"the server holds its maximum of {self.max_connections} connections, all from clients that have "
+                f"{proof}; retry later{release} or raise --max-connections")
 
     def _read(self, conn: _Connection, acts: list[_Act], ordered: list) -> None:
         try:
@@ -287,6 +340,8 @@ class PolicyServer:
             self._dispatch(conn, header, payload, acts, ordered)
             if conn.closing:
                 return
+        if pos:  # a frame arrived whole: the connection is in use (and, from now on, proven)
+            conn.last_frame = time.monotonic()
         # The common case (whole frames in one recv) never copies into inbuf.
         if data is conn.inbuf:
             del conn.inbuf[:pos]
@@ -351,11 +406,14 @@ class PolicyServer:
                                                      f"need {4 * obs_len} bytes of obs" +
                                                      (f" + {4 * noise_len} of noise" if noise_len else ""))
         values = np.frombuffer(payload, dtype="<f4")
-        if not np.isfinite(values).all():
-            raise ProtocolError(ErrorCode.NON_FINITE, "ACT payload holds NaN or inf; send finite observations "
-                                                      "(and noise)")
         obs = values[:obs_len].reshape(rows, self._obs_dim)
         noise = values[obs_len:].reshape(self.policy.noise_shape(rows)) if noise_len else None
+        if not np.isfinite(values).all():
+            # One pass over the whole payload on the hot path; a failure goes through the runtime's checks,
+            # which name the culprit in the words `OnnxPolicy.act` uses. Finite observations here mean
+            # the noise is at fault, so it is present.
+            check_finite(obs, "observation")
+            check_finite(noise, "noise")
         return _Act(conn, header.request_id, obs, noise, bool(flags & _DETERMINISTIC))
 
     def _run_acts(self, acts: list[_Act]) -> None:
@@ -444,21 +502,58 @@ class PolicyServer:
             conn.events = events
             self._selector.modify(conn.sock, events, conn)
 
-    def _expire_partial_frames(self) -> None:
+    def _expire_connections(self) -> None:
+        """Close the connections whose deadline has passed, and note the earliest deadline left for select."""
         now = time.monotonic()
+        next_deadline = math.inf
         for conn in list(self._connections.values()):
-            if conn.partial_since is not None and now - conn.partial_since > self.frame_timeout:
-                log.info("closing %s: a frame stayed incomplete for %.1f s", conn.peer, self.frame_timeout)
-                self._close(conn)
+            deadline = self._deadline(conn)
+            if deadline <= now:
+                self._expire(conn, now)
+            else:
+                next_deadline = min(next_deadline, deadline)
+        self._next_deadline = next_deadline
 
-    def _close(self, conn: _Connection) -> None:
+    def _deadline(self, conn: _Connection) -> float:
+        """When `conn` is closed unless it makes progress: the earliest of its frame, AUTH and idle clocks."""
+        if conn.partial_since is not None:  # a frame under way is timed by frame_timeout, not by the idle clock
+            deadline = conn.partial_since + self.frame_timeout
+        elif self.idle_timeout is not None:
+            deadline = (conn.accepted if conn.last_frame is None else conn.last_frame) + self.idle_timeout
+        else:
+            deadline = math.inf
+        if not conn.authed:
+            deadline = min(deadline, conn.accepted + self.auth_timeout)
+        return deadline
+
+    def _expire(self, conn: _Connection, now: float) -> None:
+        """Close `conn`, whose deadline has passed, saying which clock ran out."""
+        if not conn.authed and now >= conn.accepted + self.auth_timeout:
+            self._dismiss(conn, ErrorCode.TIMED_OUT, f"no AUTH within {self.auth_timeout:g} s of connecting: this "
+                                                     "server needs a token; send AUTH with it as the first frame "
+                                                     "(Client(..., token=SECRET))")
+        elif conn.partial_since is not None:
+            log.info("closing %s: a frame stayed incomplete for %.1f s", conn.peer, self.frame_timeout)
+            self._close(conn)
+        else:
+            self._dismiss(conn, ErrorCode.TIMED_OUT, f"no request for {self.idle_timeout:g} s, so the server closed "
+                                                     "this idle connection to free its slot; reconnect when you "
+                                                     "next need it (serve.Client does so by itself)")
+
+    def _dismiss(self, conn: _Connection, code: ErrorCode, message: str) -> None:
+        """Close `conn` now, with an ERROR (request id 0) that says why; nothing waits for the peer to read it."""
+        log.info("closing %s: %s", conn.peer, message)
+        farewell = conn.out if conn.closing else conn.out + error_frame(0, code, message)  # closing: ERROR queued
+        self._close(conn, farewell)
+
+    def _close(self, conn: _Connection, farewell: bytes | bytearray = b"") -> None:
         if self._connections.pop(id(conn), None) is None:
             return
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        conn.sock.close()
+        _send_and_close(conn.sock, farewell)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -468,11 +563,13 @@ def _family(host: str) -> socket.AddressFamily:
         return socket.AF_INET
 
 
-def _send_and_close(sock: socket.socket, frame: bytes) -> None:
-    try:
-        sock.send(frame)
-    except OSError:
-        pass  # best effort: the connection is being refused anyway
+def _send_and_close(sock: socket.socket, farewell: bytes | bytearray) -> None:
+    """Close `sock` after sending what of `farewell` its buffer takes now: the connection goes either way."""
+    if farewell:
+        try:
+            sock.send(farewell)
+        except OSError:
+            pass  # best effort: the peer may be gone already
     sock.close()
 
 
@@ -502,11 +599,17 @@ def _build_command():
     @click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True, type=int,
                   help="Largest accepted frame payload in bytes.")
     @click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=int,
-                  help="Connections beyond this are refused with a BUSY error.")
+                  help="Most connections held at once. A newcomer beyond this displaces a connection that has not "
+                       "authenticated (without --token: sent no request) or is refused with a BUSY error.")
+    @click.option("--auth-timeout", default=DEFAULT_AUTH_TIMEOUT, show_default=True, type=float,
+                  help="Seconds a connection has to complete AUTH (with --token) before it is closed.")
+    @click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT, show_default=True, type=float,
+                  help="Seconds a connection may send nothing before it is closed (0: no limit).")
     @click.option("--verbose", "-v", is_flag=True, help="Log connections and errors to stderr.")
     def serve_command(model: str, host: str, port: int, allow_remote: bool, token: str | None, provider: str | None,
                       threads: int, spin: bool, seed: int | None, max_batch: int, no_batching: bool,
-                      max_payload: int, max_connections: int, verbose: bool) -> None:
+                      max_payload: int, max_connections: int, auth_timeout: float, idle_timeout: float,
+                      verbose: bool) -> None:
         """Serve an exported policy (artifact directory, .onnx file or Hub id org/name) over TCP.
 
         Clients speak the binary protocol of serve/PROTOCOL.md; from Python: `serve.Client(host, port)`.
@@ -514,9 +617,11 @@ def _build_command():
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
         try:
             check_bind(host, allow_remote, token)
+            check_timeouts(auth_timeout, idle_timeout)  # before a possibly slow model load
             policy = load_policy(model, provider=provider, threads=threads, seed=seed, spin=spin)
             server = PolicyServer(policy, host, port, token=token, allow_remote=allow_remote, max_batch=max_batch,
-                                  batching=not no_batching, max_payload=max_payload, max_connections=max_connections)
+                                  batching=not no_batching, max_payload=max_payload, max_connections=max_connections,
+                                  auth_timeout=auth_timeout, idle_timeout=idle_timeout)
         except (ModelLoadError, ValueError) as err:
             raise click.ClickException(str(err)) from None
         except OSError as err:

@@ -6,17 +6,22 @@ Every network test uses loopback, an ephemeral port, bounded loops and socket ti
 from __future__ import annotations
 
 import json
+import select
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper, numpy_helper
 
 import serve
@@ -173,6 +178,19 @@ def test_load_errors_say_what_to_do(tmp_path, toy_path, monkeypatch):
         serve.load_policy(toy_path, provider="NoSuchExecutionProvider")
 
 
+@pytest.mark.parametrize("meta", [{"num_steps": "99"}, {"act_dim": "3"}, {"obs_dim": "7"}])
+def test_metadata_that_disagrees_with_the_graph_is_a_load_error(tmp_path, meta):
+    with pytest.raises(ModelLoadError, match="inconsistent, re-export it"):
+        serve.load_policy(build_toy(tmp_path / "policy.onnx", **meta))
+
+
+def test_an_artifacts_onnx_file_may_not_link_outside_it(tmp_path, toy_path):
+    (tmp_path / "artifact").mkdir()
+    (tmp_path / "artifact" / "policy.onnx").symlink_to(toy_path)
+    with pytest.raises(ModelLoadError, match="links outside"):
+        serve.load_policy(tmp_path / "artifact")
+
+
 def test_hub_ids_download_only_inert_files(tmp_path, toy_path, monkeypatch):
     import huggingface_hub
 
@@ -197,6 +215,8 @@ def test_protocol_doc_example_matches_the_implementation():
     assert dumped == pack_header(MsgType.ACT, 7, 12, dtype=DType.FLOAT32, flags=Flags.DETERMINISTIC, rows=1,
                                  cols=3) + obs.tobytes()
     assert HEADER_SIZE == 24
+    for code in ErrorCode:  # the error table names every code a client can receive
+        assert f"| {code.value:<4} | {code.name:<19} |" in doc, code.name
 
 
 def raw(server: PolicyServer) -> socket.socket:
@@ -289,6 +309,28 @@ def test_malformed_request_gets_an_error_and_the_server_keeps_serving(server, na
     assert_serves(server)
 
 
+@pytest.mark.parametrize("obs, noise", [
+    (np.array([0.0, np.nan, 1.0]), None),
+    (np.array([[np.inf, 0.0, 1.0], [0.0, 0.0, 0.0]]), None),
+    pytest.param(np.array([0.0, 1e39, 1.0]), None,  # finite float64, inf once sent as float32
+                 marks=pytest.mark.filterwarnings("ignore:overflow encountered in cast")),
+    (np.ones(OBS_DIM), np.full((K + 1, ACT_DIM), -np.inf)),
+    (np.ones((2, OBS_DIM)), np.where(np.arange(2 * (K + 1) * ACT_DIM) == 7, np.nan, 0.0).reshape(2, K + 1, ACT_DIM)),
+], ids=["NaN observation", "inf in a batch", "float64 beyond float32", "-inf noise", "one NaN in a noise batch"])
+def test_non_finite_input_is_refused_alike_in_process_and_over_the_wire(server, toy, obs, noise):
+    with pytest.raises(InputError) as local:
+        toy.act(obs, noise=noise)
+    with serve.Client(*server.address, timeout=TIMEOUT) as client:
+        with pytest.raises(serve.RemoteError) as remote:
+            client.act(obs, noise=noise)
+        connection = client._sock
+        assert client.act(np.ones(OBS_DIM)).shape == (ACT_DIM,)
+        assert client._sock is connection  # the frame was skipped, the connection goes on
+    assert local.value.code == remote.value.code == ErrorCode.NON_FINITE
+    assert remote.value.message == str(local.value)  # one message, naming the culprit, in both places
+    assert remote.value.message.startswith("observation" if noise is None else "noise")
+
+
 def test_truncated_frames_and_hang_ups_cost_only_that_connection(server):
     frame = act_frame(GOOD_OBS)
     for cut in (5, HEADER_SIZE, len(frame) - 3):  # mid-header, header only, mid-payload
@@ -376,15 +418,93 @@ def test_token(toy_path):
         assert info.value.code == ErrorCode.UNAUTHORIZED
 
 
-def test_connection_limit(toy_path):
-    with PolicyServer(serve.load_policy(toy_path), port=0, max_connections=1) as srv:
-        with serve.Client(*srv.address, timeout=TIMEOUT) as client:
-            client.ping()  # the server has accepted this one
+# --- connection slots: deadlines, and room for a good client ----------------------------------------
+def wait_until(condition, timeout: float = TIMEOUT) -> None:
+    """Poll `condition` on the server's state until it holds; bounded, so a bug fails instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the server did not get there in time"
+        time.sleep(0.01)
+
+
+def assert_closed_with(sock: socket.socket, code: ErrorCode, words: str) -> None:
+    """The server sent `sock` an ERROR `code` with request id 0 (it answers no request) and closed it."""
+    header, payload = read_frame(sock)
+    got, message = parse_error(payload)
+    assert (header.type, header.request_id, got) == (MsgType.ERROR, 0, code), message
+    assert words in message, message
+    assert read_frame(sock) is None
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"], ids=["no token", "token"])
+def test_connection_limit_keeps_proven_clients_and_refuses_newcomers_with_busy(toy_path, token):
+    with PolicyServer(serve.load_policy(toy_path), port=0, token=token, max_connections=1) as srv:
+        with serve.Client(*srv.address, timeout=TIMEOUT, token=token) as client:
+            client.ping()  # accepted, and proven: no newcomer can take its slot
+            connection = client._sock
             with raw(srv) as extra:
-                header, payload = read_frame(extra)
-                assert parse_error(payload)[0] == ErrorCode.BUSY
-                assert read_frame(extra) is None
+                assert_closed_with(extra, ErrorCode.BUSY, "retry later")
+            with pytest.raises(serve.RemoteError) as info:  # serve.Client gets it too, in AUTH or its first request
+                serve.Client(*srv.address, timeout=TIMEOUT, token=token).ping()
+            assert info.value.code == ErrorCode.BUSY
             assert client.ping() > 0
+            assert client._sock is connection
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"], ids=["no token", "token"])
+def test_idle_sockets_cannot_lock_a_good_client_out(toy_path, token):
+    with PolicyServer(serve.load_policy(toy_path), port=0, token=token, max_connections=3) as srv:
+        squatters = [raw(srv) for _ in range(3)]  # connect, never send a byte
+        wait_until(lambda: len(srv._connections) == 3)
+        with serve.Client(*srv.address, timeout=TIMEOUT, token=token) as first:
+            first.ping()
+            connection = first._sock
+            with serve.Client(*srv.address, timeout=TIMEOUT, token=token) as second:
+                obs = np.ones((1, OBS_DIM), np.float32)
+                np.testing.assert_allclose(second.act(obs, deterministic=True),
+                                           toy_reference(obs, np.zeros((1, K + 1, ACT_DIM))), atol=1e-6)
+            first.ping()
+            assert first._sock is connection  # the newcomer displaced a squatter, not the proven client
+        for squatter in squatters[:2]:  # the oldest squatters went first
+            assert_closed_with(squatter, ErrorCode.BUSY, "gave this one's slot to a newcomer")
+        for squatter in squatters:
+            squatter.close()
+
+
+def test_auth_deadline_closes_a_connection_that_does_not_authenticate(toy_path):
+    auth = pack_header(MsgType.AUTH, 1, 6) + b"s3cret"
+    with (PolicyServer(serve.load_policy(toy_path), port=0, token="s3cret", auth_timeout=0.2) as srv,
+          serve.Client(*srv.address, timeout=TIMEOUT, token="s3cret") as client):
+        connection = client._sock
+        with raw(srv) as silent, raw(srv) as trickling:
+            trickling.sendall(auth[:-2])  # all but the end of an AUTH frame: the deadline is for the whole of it
+            for sock in (silent, trickling):
+                assert_closed_with(sock, ErrorCode.TIMED_OUT, "no AUTH within 0.2 s")
+        client.ping()
+        assert client._sock is connection  # an authenticated connection has no AUTH deadline
+
+
+def test_idle_timeout_closes_a_silent_connection_and_says_why(toy_path):
+    with (PolicyServer(serve.load_policy(toy_path), port=0, idle_timeout=0.25) as timed,
+          PolicyServer(serve.load_policy(toy_path), port=0, idle_timeout=0) as untimed,
+          raw(timed) as sock, raw(untimed) as unlimited):
+        for request_id in range(1, 4):  # 0.3 s of requests 0.1 s apart: each complete frame restarts the clock
+            for conn in (unlimited, sock):  # `unlimited` first, so it ends up idle the longer of the two
+                conn.sendall(pack_header(MsgType.PING, request_id, 0))
+                assert read_frame(conn)[0].type == MsgType.PONG
+            time.sleep(0.1)
+        assert_closed_with(sock, ErrorCode.TIMED_OUT, "no request for 0.25 s")
+        unlimited.sendall(pack_header(MsgType.PING, 9, 0))  # idle_timeout=0: no limit
+        assert read_frame(unlimited)[0].request_id == 9
+
+
+def test_client_reconnects_by_itself_after_an_idle_timeout(toy_path):
+    with (PolicyServer(serve.load_policy(toy_path), port=0, token="s3cret", idle_timeout=0.1) as srv,
+          serve.Client(*srv.address, timeout=TIMEOUT, token="s3cret") as client):
+        client.ping()
+        assert select.select([client._sock], [], [], TIMEOUT)[0]  # the server's goodbye has arrived
+        assert client.act(np.ones(OBS_DIM), deterministic=True).shape == (ACT_DIM,)  # no error: a new connection
+        assert srv.stats["connections"] == 2
 
 
 def test_client_times_out_and_reconnects(server):
@@ -422,6 +542,15 @@ def test_cli_bad_model_path(tmp_path):
         result = CliRunner().invoke(command, [*args, str(tmp_path / "missing"), "--port", "0"])
         assert result.exit_code != 0
         assert "not found" in result.output and "policy.onnx" in result.output
+
+
+def test_bad_timeouts_are_refused_before_the_model_loads(tmp_path, toy):
+    for option, value, words in (("--auth-timeout", "0", "must be > 0"), ("--idle-timeout", "-1", "must be >= 0")):
+        result = CliRunner().invoke(serve.server.serve_command,
+                                    [str(tmp_path / "missing"), "--port", "0", option, value])
+        assert result.exit_code != 0 and f"{option} {words}" in result.output, result.output
+        with pytest.raises(ServeConfigError, match=words):
+            PolicyServer(toy, port=0, **{option[2:].replace("-", "_"): float(value)})
 
 
 # --- real exported policies --------------------------------------------------------------------------
@@ -472,3 +601,78 @@ def test_served_policy_in_another_process_equals_agent_act_and_drives_the_demo(p
     out = capsys.readouterr().out
     assert "episode 1: return" in out and "round trip over 50 requests" in out
     assert proc.returncode == 0  # SIGTERM stops the server cleanly
+
+
+# --- fuzzing the ACT path: in-process and over the wire alike ------------------------------------------
+FLOAT32 = np.finfo(np.float32)
+# Hypothesis reaches the extremes by itself, but not on every run: these are always in the mix.
+EXTREME_FLOAT32 = [float(FLOAT32.max), -float(FLOAT32.max), float(FLOAT32.smallest_subnormal),
+                   -float(FLOAT32.smallest_subnormal), float(FLOAT32.smallest_normal), 0.0, -0.0]
+finite_floats = st.one_of(st.sampled_from(EXTREME_FLOAT32), st.floats(width=32, allow_nan=False, allow_infinity=False))
+# Bit patterns as they may arrive on the wire: quiet, negative, signalling and all-payload NaNs, +inf, -inf.
+NON_FINITE_BITS = [0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FFFFFFF, 0x7F800000, 0xFF800000]
+NOISE_MODES = ("drawn", "deterministic", "sent")  # by the policy's generator, zero, or by the caller
+
+
+@pytest.fixture(scope="module", params=["toy", "pendulum"])
+def served(request, toy_path):
+    """(a policy in-process, a client of a server running the same graph): the two ACT paths side by side."""
+    path = toy_path if request.param == "toy" else request.getfixturevalue("pendulum")[1]
+    with PolicyServer(serve.load_policy(path), port=0) as srv, serve.Client(*srv.address, timeout=TIMEOUT) as client:
+        yield serve.load_policy(path), client
+
+
+def finite_arrays(shape) -> st.SearchStrategy[np.ndarray]:
+    return hnp.arrays(np.float32, shape, elements=finite_floats)
+
+
+def draw_act_inputs(data, policy: serve.OnnxPolicy, noise_modes=NOISE_MODES):
+    """(obs, noise, deterministic): finite float32 observations, and chain noise in one of `noise_modes`."""
+    rows = data.draw(st.integers(1, 3), label="rows")
+    obs = data.draw(finite_arrays((rows, policy.obs_dim)), label="obs")
+    mode = data.draw(st.sampled_from(noise_modes), label="noise mode")
+    if mode != "sent":
+        return obs, None, mode == "deterministic"
+    return obs, data.draw(finite_arrays(policy.noise_shape(rows)), label="noise"), False
+
+
+def action_box(policy: serve.OnnxPolicy) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of the policy's action space, a null bound read as unbounded."""
+    space = policy.metadata.action_space
+    return tuple(np.array([fill if bound is None else bound for bound in space[key]], np.float32)
+                 for key, fill in (("low", -np.inf), ("high", np.inf)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_fuzz_finite_input_gets_a_finite_action_in_the_box(served, data):
+    policy, client = served
+    obs, noise, deterministic = draw_act_inputs(data, policy)
+    local = policy.act(obs, noise=noise, deterministic=deterministic)
+    remote = client.act(obs, noise=noise, deterministic=deterministic)
+    low, high = action_box(policy)
+    for actions in (local, remote):
+        assert actions.shape == (obs.shape[0], policy.act_dim)
+        assert np.isfinite(actions).all() and (actions >= low).all() and (actions <= high).all(), actions
+    if noise is not None or deterministic:  # the same chain noise: the same actions on both paths
+        np.testing.assert_allclose(remote, local, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data())
+def test_fuzz_non_finite_input_gets_the_non_finite_error_and_the_connection_stays(served, data):
+    policy, client = served
+    culprit = data.draw(st.sampled_from(["observation", "noise"]), label="culprit")
+    obs, noise, deterministic = draw_act_inputs(data, policy, NOISE_MODES if culprit == "observation" else ("sent",))
+    bits = (obs if culprit == "observation" else noise).view(np.uint32).reshape(-1)
+    for index in data.draw(st.sets(st.integers(0, bits.size - 1), min_size=1, max_size=3), label="spoilt"):
+        bits[index] = data.draw(st.sampled_from(NON_FINITE_BITS), label="bits")
+    with pytest.raises(InputError) as local:
+        policy.act(obs, noise=noise, deterministic=deterministic)
+    connection = client._sock
+    with pytest.raises(serve.RemoteError) as remote:
+        client.act(obs, noise=noise, deterministic=deterministic)
+    assert local.value.code == remote.value.code == ErrorCode.NON_FINITE
+    assert remote.value.message == str(local.value) and remote.value.message.startswith(culprit)
+    client.ping()
+    assert client._sock is connection  # the frame was skipped, the connection goes on
