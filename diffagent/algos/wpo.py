@@ -67,9 +67,10 @@ def gaussian_kl(mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Ten
 
 
 def natural_gradient(mean: torch.Tensor, log_std: torch.Tensor) -> Kernel:
-    """The same Gaussian kernel whose gradients are scaled by its inverse Fisher: sigma^2 (mean), 1/2 (log std)."""
+    """The same Gaussian kernel whose gradients are scaled by its inverse Fisher in (mean, sigma) coordinates,
+    as acme's WPO: sigma^2 on the mean, sigma^2 / 2 on sigma, which is sigma^2 / 2 on the log std."""
     var = torch.exp(2.0 * log_std).detach()
-    return var * mean + ((1.0 - var) * mean).detach(), 0.5 * log_std + (0.5 * log_std).detach()
+    return var * mean + ((1.0 - var) * mean).detach(), 0.5 * var * log_std + ((1.0 - 0.5 * var) * log_std).detach()
 
 
 class WPO(SAC):
