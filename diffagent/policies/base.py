@@ -46,6 +46,8 @@ class Policy(nn.Module):
     """
 
     kind: str = ""
+    exact_log_ratio: bool = False
+    """Whether L is log pi itself (every chain's backward path is exact), not only an upper bound of it."""
 
     def __init__(self, obs_dim: int, act_dim: int, num_steps: int, action_low: torch.Tensor,
                  action_high: torch.Tensor, normalize_obs: bool):

@@ -19,6 +19,7 @@ class GaussianPolicy(Policy):
     """a = tanh(mu(s) + sigma(s) * eps), with a state-dependent (or state-independent) std."""
 
     kind = "gaussian"
+    exact_log_ratio = True  # the backward kernel is the prior, so L = log pi(a|s)
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: torch.Tensor, action_high: torch.Tensor, *,
                  hidden_sizes: Sequence[int] = (256, 256), activation: str = "relu", normalize_obs: bool = False,
