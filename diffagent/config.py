@@ -79,6 +79,8 @@ class SACConfig(PolicyConfig):
     """Tune alpha so that the entropy estimate -E[L] tracks the target entropy."""
     target_entropy_scale: float = 1.0
     """Target entropy is -target_entropy_scale * dim(A)."""
+    calibrate_entropy: bool = True
+    """Tune alpha on the policy's entropy, -E[L] plus its measured gap to it (a chain's -E[L] is a lower bound), not on -E[L]."""
     actor_gradient: str = "pathwise"
     """Actor gradient estimator: 'pathwise' (backprop through the chain) or 'lv' (log-variance, past terms cancelled)."""
     lv_chains: int = 8
@@ -116,14 +118,18 @@ class PPOConfig(PolicyConfig):
     """Weight of the value loss in the joint loss."""
     max_grad_norm: float = 0.5
     """Clip the global gradient norm of policy and value network to this."""
-    alpha: float = 0.0
-    """Fixed temperature: rollouts are scored on the soft reward r - alpha * L."""
+    alpha: float = 2e-4
+    """Fixed temperature: rollouts are scored on the soft reward r - alpha * L (the authors' DiffPPO value)."""
     cancel_past: bool = False
     """Weight denoising step k by A_t + alpha (log p_0(x_0) + sum_{j<k} l_j), not A_t; off: it raised variance."""
+    per_step_baseline: bool = False
+    """Baseline denoising step k by a critic V(s, x_k, k): GAE over the chain's sub-steps (ppo.py); cancels the past."""
     scale_rewards: bool = True
     """Divide rewards by the running std of the discounted return; its statistics are checkpointed."""
     value_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Widths of the value network V(s) (it uses policy_activation)."""
+    """Widths of the value network V(s)."""
+    value_activation: str = "tanh"
+    """Activation of the value network (its own: PPO and DiffPPO share it while their policies differ)."""
 
 
 @dataclass
@@ -144,6 +150,13 @@ class WPOConfig(SACConfig):
     """Polyak rate of the old policy that the KL is measured against."""
     fisher_preconditioning: bool = False
     """Natural gradient as in the WPO paper: each kernel's mean gradient times sigma^2, log std times 1/2."""
+
+
+# What a diffusion algorithm may set differently from its Gaussian base: the policy and nothing else.
+# tests/test_config.py holds every Diff* config to it, so a comparison changes the policy only.
+POLICY_FIELDS = frozenset({"policy_hidden_sizes", "policy_activation", "log_std_init", "state_dependent_std",
+                           "diffusion_steps", "prior_std", "step_size_max", "step_size_min", "learn_step_size"})
+BASE_ALGORITHM = {"diffsac": "sac", "diffppo": "ppo", "diffwpo": "wpo"}
 
 
 @dataclass(frozen=True)
@@ -168,7 +181,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {
                                             "normalize_obs": True, "state_dependent_std": False},
                     "PPO-clip with GAE and a tanh-Gaussian policy with a state-independent std"),
     "diffppo": AlgoSpec(PPOConfig, "diffusion", {"policy_hidden_sizes": (64, 64), "policy_activation": "gelu",
-                                                 "normalize_obs": True, "alpha": 2e-4},
+                                                 "normalize_obs": True},
                         "PPO with a diffusion-chain policy: per-step clipped ratios, soft reward r - alpha L"),
     "wpo": AlgoSpec(WPOConfig, "gaussian", {},
                     "Wasserstein Policy Optimisation on SAC's critics, with a KL trust region"),
@@ -178,6 +191,7 @@ ALGORITHMS: dict[str, AlgoSpec] = {
 
 CHOICES = {
     "policy_activation": ("relu", "gelu", "tanh", "silu", "mish"),
+    "value_activation": ("relu", "gelu", "tanh", "silu", "mish"),
     "actor_gradient": ("pathwise", "lv"),
 }
 
@@ -301,7 +315,7 @@ MAX_LAYERS = 16
 INT_RANGES = {
     "seed": (0, 2**32 - 1), "diffusion_steps": (1, 1000), "buffer_size": (1, 100_000_000),
     "learning_starts": (0, 100_000_000), "batch_size": (1, 1_000_000), "gradient_steps": (1, 1000),
-    "num_critics": (1, 100), "lv_chains": (1, 1024), "num_envs": (1, 1024), "rollout_steps": (1, 1_000_000),
+    "num_critics": (1, 100), "lv_chains": (1, 65_536), "num_envs": (1, 1024), "rollout_steps": (1, 1_000_000),
     "num_epochs": (1, 1000), "num_minibatches": (1, 1_000_000),
 }
 

@@ -14,15 +14,16 @@ from diffagent.policies.normalizer import RunningNorm
 class RolloutBatch(NamedTuple):
     """Flattened transitions of a rollout (or a minibatch of them); every tensor has a leading axis B."""
 
-    obs: torch.Tensor            # (B, obs_dim) raw observations
-    chains: torch.Tensor         # (B, K+1, A) the whole chain x_0 .. x_K of every action
-    log_q: torch.Tensor          # (B, K) per-step log q_old(x_{k+1} | x_k, s, k) of the behaviour policy
-    prior: torch.Tensor          # (B,) log p_0(x_0)
-    step_ratios: torch.Tensor    # (B, K) l_k of the behaviour policy
-    log_ratio: torch.Tensor      # (B,) the path log-ratio L of the behaviour policy
-    values: torch.Tensor         # (B,) V(s) at collection time
-    advantages: torch.Tensor     # (B,) GAE advantages A_t
-    returns: torch.Tensor        # (B,) value targets A_t + V(s_t)
+    obs: torch.Tensor              # (B, obs_dim) raw observations
+    chains: torch.Tensor           # (B, K+1, A) the whole chain x_0 .. x_K of every action
+    log_q: torch.Tensor            # (B, K) per-step log q_old(x_{k+1} | x_k, s, k) of the behaviour policy
+    log_ratio: torch.Tensor        # (B,) the path log-ratio L of the behaviour policy
+    values: torch.Tensor           # (B,) V(s) at collection time
+    advantages: torch.Tensor       # (B,) GAE advantages A_t
+    returns: torch.Tensor          # (B,) value targets A_t + V(s_t)
+    step_advantages: torch.Tensor  # (B, K) advantage A_{t,k} of each denoising step; (B, 1) when all share A_t
+    step_values: torch.Tensor      # (B, K) V(s, x_k, k) at collection time; (B, 0) without a per-step critic
+    step_returns: torch.Tensor     # (B, K) its targets A_{t,k} + V(s, x_k, k); (B, 0) without it
 
 
 class RolloutBuffer:
