@@ -547,18 +547,19 @@ def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
 
 
 def multimodal_section(grid: Grid, env_id: str) -> list[str]:
-    """For the multimodal bandit: modes covered and per-mode mass against exp(Q/alpha), per algorithm,
+    """For a multimodal bandit: modes covered and per-mode mass against exp(Q/alpha), per algorithm,
     and a plot of the first seed's sampled actions of every algorithm side by side."""
     from diffagent.agent import Agent
-    from diffagent.multimodal import COVERAGE_THRESHOLD, MODE_RADIUS, mode_coverage, plot_samples
+    from diffagent.multimodal import COVERAGE_THRESHOLD, MODE_RADIUS, make_bandit, mode_coverage, plot_samples
 
+    bandit = make_bandit(env_id)
     rows, first_seed = [], {}
     for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
         coverages = []
         for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"):
             agent = Agent.from_pretrained(job.run_dir)
             learned = last_metrics(job.run_dir).get("alpha")  # an autotuned alpha lives in the metrics only
-            coverage = mode_coverage(agent, alpha=learned, seed=job.seed)
+            coverage = mode_coverage(agent, alpha=learned, seed=job.seed, bandit=bandit)
             coverages.append(coverage)
             first_seed.setdefault(algo, coverage)
         if not coverages:
@@ -584,7 +585,7 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|",
              *rows, ""]
     try:
-        png = plot_samples(first_seed, grid.results / f"{grid.name}-{env_file_name(env_id)}-samples.png")
+        png = plot_samples(first_seed, grid.results / f"{grid.name}-{env_file_name(env_id)}-samples.png", bandit)
         lines += [f"![sampled actions on {env_id}]({png.name})", ""]
     except ImportError:
         pass
@@ -621,10 +622,11 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              markdown_table(rows), ""]
     for env_id, png in plots.items():
         lines += [f"![{env_id}]({png})", ""]
-    from diffagent.multimodal import ENV_ID as MULTIMODAL_ENV
+    from diffagent.multimodal import BANDITS
 
-    if any(j.env_id == MULTIMODAL_ENV for j in grid.jobs):
-        lines += multimodal_section(grid, MULTIMODAL_ENV)
+    for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
+        if env_id in BANDITS:
+            lines += multimodal_section(grid, env_id)
     lines += ["Commands (one per seed; the runner adds --out, --threads 1 and --checkpoint-every):", ""]
     lines += [f"    {row['command']}" for row in rows if row["steps"] == max(grid.budgets[(row['env'], row['algo'])])]
     not_run = [f"{row['algo']} on {row['env']} at {row['steps']:,} steps (seeds {', '.join(map(str, row['missing_seeds']))})"

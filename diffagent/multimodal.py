@@ -1,15 +1,18 @@
 """The multimodal task of the benchmark (design/benchmarks.md, section 3).
 
-A one-step bandit over a 2-D action whose reward has four equal, well separated peaks. Its
-soft-optimal policy is the Boltzmann density pi*(a) ~ exp(r(a) / alpha) over the action box, so a
-trained policy can be scored against it directly:
+A one-step bandit over a 2-D action whose reward has four well separated peaks. Its soft-optimal
+policy is the Boltzmann density pi*(a) ~ exp(r(a) / alpha) over the action box, so a trained policy
+can be scored against it directly:
 
     agent = Agent("diffsac", "diffagent/FourPeaks-v0", learning_starts=500)
     agent.learn(3000, eval_every=0)
     coverage = mode_coverage(agent)          # shares per mode against the Boltzmann targets
     plot_samples({"diffsac": coverage}, "four_peaks.png")
 
-A Gaussian policy can cover at most one peak; a diffusion policy can cover all four.
+A Gaussian policy can cover at most one peak; a diffusion policy can cover all four. Two bandits are
+registered: `diffagent/FourPeaks-v0`, four equal peaks (an even share on each), and
+`diffagent/UnequalPeaks-v0`, four peaks of unequal height whose Boltzmann masses at alpha 0.1 are
+about 50 / 25 / 15 / 10 %: there the policy must match each mode's mass, not just find every mode.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ import gymnasium as gym
 import numpy as np
 
 ENV_ID = "diffagent/FourPeaks-v0"
+UNEQUAL_ENV_ID = "diffagent/UnequalPeaks-v0"
+UNEQUAL_HEIGHTS = (1.0, 0.92, 0.86, 0.81)
+"""Peak heights of UnequalPeaks-v0, in the order of the centres. At alpha 0.1, the temperature its grid fixes,
+exp(r / alpha) puts 50.2 / 24.9 / 14.8 / 9.7 % of its mass on the peaks and 0.4% between them. Found by solving
+`boltzmann_targets` for those masses; roughly, peak i holds exp(h_i / alpha) * 2 pi width^2 alpha / h_i, so
+halving a mode lowers its peak by a little more than alpha ln 2."""
+BANDITS: dict[str, dict[str, Any]] = {ENV_ID: {}, UNEQUAL_ENV_ID: {"heights": UNEQUAL_HEIGHTS}}
+"""The registered bandits: Gymnasium id -> FourPeaksBandit arguments."""
 MODE_RADIUS = 0.35
 """A sampled action belongs to mode i when it lies within this distance of peak i (else it is off-mode)."""
 COVERAGE_THRESHOLD = 0.05
@@ -34,16 +45,17 @@ _SAMPLE_CHUNK = 10_000  # actions per agent.act call: bounds the memory of the c
 class FourPeaksBandit(gym.Env):
     """One-step bandit: act once with a in [-1, 1]^2, get r(a), and the episode ends.
 
-    r(a) = sum_i exp(-|a - mu_i|^2 / (2 width^2)) over the peaks mu_i (default (+-0.5, +-0.5),
-    width 0.15), so each peak is worth about 1 and the centre of the box about 0. The observation
-    is always [0.0]: the task has a single state.
+    r(a) = sum_i h_i exp(-|a - mu_i|^2 / (2 width^2)) over the peaks mu_i (default (+-0.5, +-0.5),
+    width 0.15) of heights h_i (default 1 each), so peak i is worth about h_i and the centre of the
+    box about 0. The observation is always [0.0]: the task has a single state.
     """
 
     metadata = {"render_modes": []}
     CENTRES: tuple[tuple[float, float], ...] = ((0.5, 0.5), (-0.5, 0.5), (-0.5, -0.5), (0.5, -0.5))
     WIDTH: float = 0.15
 
-    def __init__(self, centres: Sequence[Sequence[float]] = CENTRES, width: float = WIDTH):
+    def __init__(self, centres: Sequence[Sequence[float]] = CENTRES, width: float = WIDTH,
+                 heights: Sequence[float] | None = None):
         self.centres = np.array(centres, dtype=np.float64)
         if self.centres.ndim != 2 or self.centres.shape[1] != 2 or len(self.centres) == 0:
             raise ValueError(f"centres must be a list of (x, y) pairs, got shape {self.centres.shape}")
@@ -52,6 +64,10 @@ class FourPeaksBandit(gym.Env):
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
         self.width = float(width)
+        self.heights = np.ones(len(self.centres)) if heights is None else np.array(heights, dtype=np.float64)
+        if self.heights.shape != (len(self.centres),) or not np.all(self.heights > 0):
+            raise ValueError(f"heights must be one positive number per centre ({len(self.centres)}), "
+                             f"got {np.asarray(heights).tolist()}")
         # low == high would be exact but makes gymnasium's env checker warn; the obs is always 0 all the same
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
@@ -60,7 +76,7 @@ class FourPeaksBandit(gym.Env):
         """r(a) of actions of shape (..., 2); returns shape (...)."""
         actions = np.asarray(actions, dtype=np.float64)
         squared = np.sum((actions[..., None, :] - self.centres) ** 2, axis=-1)
-        return np.exp(-squared / (2.0 * self.width**2)).sum(-1)
+        return (self.heights * np.exp(-squared / (2.0 * self.width**2))).sum(-1)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -75,12 +91,36 @@ class FourPeaksBandit(gym.Env):
         return np.zeros(1, dtype=np.float32), reward, True, False, {}
 
 
+def _register_bandits() -> None:
+    """Register every bandit of BANDITS with Gymnasium, so gym.make and Agent take its id.
+
+    Ids already registered are skipped, as gymnasium warns on registering one twice.
+    """
+    for env_id, kwargs in BANDITS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point="diffagent.multimodal:FourPeaksBandit", kwargs=kwargs)
+
+
+_register_bandits()  # on import, which `import diffagent` does
+
+
+def make_bandit(env_id: str) -> FourPeaksBandit:
+    """A fresh bandit of a registered id of BANDITS, e.g. to score or plot agents trained on it."""
+    if env_id not in BANDITS:
+        raise ValueError(f"{env_id!r} is not one of the multimodal bandits {list(BANDITS)}; for a bandit of your "
+                         "own, pass bandit=FourPeaksBandit(...)")
+    return FourPeaksBandit(**BANDITS[env_id])
+
+
 class _NoiseShaped(Protocol):
     def noise_shape(self, batch: int) -> tuple[int, int, int]: ...
 
 
 class ActingAgent(Protocol):
-    """What the metric needs of an agent: `diffagent.Agent`, or any object that acts like one."""
+    """What the metric needs of an agent: `diffagent.Agent`, or any object that acts like one.
+
+    An `env_id` attribute, as an Agent has, names the bandit the agent was trained on (`agent_bandit`).
+    """
 
     policy: _NoiseShaped
 
@@ -132,7 +172,8 @@ def boltzmann_targets(alpha: float, bandit: FourPeaksBandit | None = None, radiu
     """Mass of pi*(a) ~ exp(r(a) / alpha) over the action box in each mode region, then off-mode.
 
     Integrated with the midpoint rule on a grid_size x grid_size grid. alpha = 0 is the hard max:
-    all mass spread evenly over the grid points where r is maximal (with equal peaks, equal shares).
+    all mass spread evenly over the grid points where r is maximal (with equal peaks, equal shares;
+    with unequal ones, all on the tallest).
     Returns an array of len(centres) + 1 that sums to 1.
     """
     if not alpha >= 0:
@@ -168,7 +209,7 @@ def sample_actions(agent: ActingAgent, samples: int = 10_000, seed: int = 0,
     actions = np.concatenate(chunks).astype(np.float64)
     if actions.shape != (samples, 2):
         raise ValueError(f"the agent's actions have shape {actions.shape[1:]}, but FourPeaksBandit needs (2,): "
-                         f"score an agent trained on {ENV_ID}")
+                         f"score an agent trained on one of {list(BANDITS)}")
     return actions
 
 
@@ -193,16 +234,27 @@ def agent_temperature(agent: Any) -> float:
                      "'alpha' in the run's metrics.jsonl")
 
 
+def agent_bandit(agent: Any) -> FourPeaksBandit:
+    """The bandit the agent was trained on, named by its `env_id`; the four equal peaks when it names none.
+
+    An agent trained on another env (or on a FourPeaksBandit instance of its own) is refused: scored
+    against the wrong reward, its shares would be compared with the wrong targets.
+    """
+    env_id = getattr(agent, "env_id", None)
+    return FourPeaksBandit() if env_id is None else make_bandit(env_id)
+
+
 def mode_coverage(agent: ActingAgent, samples: int = 10_000, alpha: float | None = None, seed: int = 0,
                   bandit: FourPeaksBandit | None = None) -> ModeCoverage:
-    """Score an agent trained on FourPeaksBandit: how its samples spread over the peaks.
+    """Score an agent trained on a FourPeaksBandit: how its samples spread over the peaks.
 
     Draws `samples` stochastic actions (seeded by `seed`), assigns each to the peak within
     MODE_RADIUS or to off-mode, and compares the shares with the Boltzmann policy exp(r / alpha).
-    `alpha` defaults to the agent's own temperature (see `agent_temperature`). Any object with
-    `act(obs, deterministic=False, noise=None)` and `policy.noise_shape(batch)` can be scored.
+    `alpha` defaults to the agent's own temperature (see `agent_temperature`), `bandit` to the one
+    the agent was trained on (see `agent_bandit`). Any object with `act(obs, deterministic=False,
+    noise=None)` and `policy.noise_shape(batch)` can be scored.
     """
-    bandit = FourPeaksBandit() if bandit is None else bandit
+    bandit = agent_bandit(agent) if bandit is None else bandit
     alpha = agent_temperature(agent) if alpha is None else float(alpha)
     targets = boltzmann_targets(alpha, bandit)
     actions = sample_actions(agent, samples, seed, bandit)
@@ -224,9 +276,11 @@ def plot_samples(results: Mapping[str, ModeCoverage], path: str | Path, bandit: 
                  max_points: int = 1_000) -> Path:
     """One panel per algorithm: its first `max_points` sampled actions over the reward landscape.
 
-    Each title gives the modes covered and, per peak, share / target in percent. Needs matplotlib
-    (`pip install matplotlib`); draws with the Agg backend, without touching pyplot's state.
-    Returns the path of the written image (its format follows the suffix, e.g. .png).
+    `bandit` draws the landscape: pass the one the agents were scored on (`make_bandit(env_id)`); by
+    default, the four equal peaks. Each title gives the modes covered and, per peak, share / target
+    in percent. Needs matplotlib (`pip install matplotlib`); draws with the Agg backend, without
+    touching pyplot's state. Returns the path of the written image (its format follows the suffix,
+    e.g. .png).
     """
     try:
         from matplotlib.figure import Figure
@@ -265,5 +319,6 @@ def plot_samples(results: Mapping[str, ModeCoverage], path: str | Path, bandit: 
     return path
 
 
-__all__ = ["ENV_ID", "MODE_RADIUS", "COVERAGE_THRESHOLD", "FourPeaksBandit", "ModeCoverage", "agent_temperature",
-           "boltzmann_targets", "mode_coverage", "mode_index", "plot_samples", "sample_actions"]
+__all__ = ["BANDITS", "ENV_ID", "UNEQUAL_ENV_ID", "UNEQUAL_HEIGHTS", "MODE_RADIUS", "COVERAGE_THRESHOLD",
+           "FourPeaksBandit", "ModeCoverage", "agent_bandit", "agent_temperature", "boltzmann_targets", "make_bandit",
+           "mode_coverage", "mode_index", "plot_samples", "sample_actions"]

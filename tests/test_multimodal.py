@@ -1,8 +1,9 @@
-"""The multimodal benchmark task: the four-peak bandit, its Boltzmann targets, the coverage metric, the plot."""
+"""The multimodal benchmark task: the four-peak bandits, their Boltzmann targets, the coverage metric, the plot."""
 
 import importlib
 import json
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -12,11 +13,16 @@ from gymnasium.utils.env_checker import check_env
 
 import diffagent
 from diffagent import Agent
-from diffagent.multimodal import (COVERAGE_THRESHOLD, ENV_ID, MODE_RADIUS, FourPeaksBandit, ModeCoverage,
-                                  agent_temperature, boltzmann_targets, mode_coverage, plot_samples, sample_actions)
+from diffagent.bench import load_hyperparameters
+from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, ENV_ID, MODE_RADIUS, UNEQUAL_ENV_ID, UNEQUAL_HEIGHTS,
+                                  FourPeaksBandit, ModeCoverage, agent_bandit, agent_temperature, boltzmann_targets,
+                                  make_bandit, mode_coverage, plot_samples, sample_actions)
 
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32,
             diffusion_steps=2)
+UNEQUAL_ALPHA = 0.1  # the fixed temperature of UnequalPeaks-v0's grid, at which its heights were chosen
+UNEQUAL_MASSES = [0.502, 0.249, 0.148, 0.097]  # the intended Boltzmann masses of its peaks at that temperature
+ZOO_HYPERPARAMS = Path(__file__).resolve().parent.parent / "zoo" / "hyperparams"
 
 
 class FakeAgent:
@@ -31,6 +37,27 @@ class FakeAgent:
         noise = np.zeros((len(obs), 2, 2)) if deterministic else noise
         peak = np.full((len(obs), 2), 0.5) if self.one_peak else np.where(noise[:, 0] >= 0, 0.5, -0.5)
         return np.clip(peak + self.jitter * noise[:, 1], -1.0, 1.0).astype(np.float32)
+
+
+class BoltzmannSampler:
+    """Acts like an Agent whose policy is exactly exp(r / alpha) on the bandit: it draws by rejection from
+    uniform proposals over the box, so its shares do not come from the grid the targets are integrated on."""
+
+    def __init__(self, bandit: FourPeaksBandit, alpha: float, seed: int = 0):
+        self.bandit, self.alpha, self.rng = bandit, alpha, np.random.default_rng(seed)
+        self.policy = SimpleNamespace(noise_shape=lambda batch: (batch, 1, 2))
+        self.peak_reward = bandit.reward(bandit.centres).max()  # the maximum, up to the other peaks' e^-22 tails
+
+    def act(self, obs, deterministic=False, noise=None):
+        if deterministic:
+            return np.repeat(self.bandit.centres[[self.bandit.heights.argmax()]], len(obs), axis=0)
+        accepted = []
+        while sum(map(len, accepted)) < len(obs):
+            proposals = self.rng.uniform(-1.0, 1.0, size=(500_000, 2))
+            acceptance = np.exp((self.bandit.reward(proposals) - self.peak_reward) / self.alpha)
+            keep = self.rng.random(len(proposals)) < acceptance
+            accepted.append(proposals[keep])
+        return np.concatenate(accepted)[: len(obs)]
 
 
 # --- the environment ---------------------------------------------------------------------------------
@@ -52,20 +79,33 @@ def test_bandit_spaces_reward_and_one_step_episodes():
 def test_bandit_geometry_is_configurable_and_checked():
     env = FourPeaksBandit(centres=[(0.0, 0.0)], width=0.3)
     assert env.reward(np.zeros(2)) == pytest.approx(1.0)
+    assert FourPeaksBandit(centres=[(0.0, 0.0)], heights=[0.7]).reward(np.zeros(2)) == pytest.approx(0.7)
     with pytest.raises(ValueError, match="box"):
         FourPeaksBandit(centres=[(2.0, 0.0)])
     with pytest.raises(ValueError, match="width"):
         FourPeaksBandit(width=0.0)
+    for heights in ([1.0, 1.0], [1.0, 1.0, 1.0, 0.0]):
+        with pytest.raises(ValueError, match="heights"):
+            FourPeaksBandit(heights=heights)
 
 
-def test_registered_id_passes_the_env_checkers_without_warnings():
+@pytest.mark.parametrize("env_id", list(BANDITS))
+def test_registered_ids_pass_the_env_checkers_without_warnings(env_id):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         importlib.reload(diffagent)  # the registration guard: importing twice must not re-register
-        env = gym.make(ENV_ID)
+        env = gym.make(env_id)
         check_env(env.unwrapped)
         env.reset(seed=0)
         assert env.step(env.action_space.sample())[2]
+
+
+def test_the_unequal_bandit_peaks_at_its_heights():
+    rewards = gym.make(UNEQUAL_ENV_ID).unwrapped.reward(np.array(FourPeaksBandit.CENTRES))
+    np.testing.assert_allclose(rewards, UNEQUAL_HEIGHTS, atol=1e-6)
+    assert make_bandit(UNEQUAL_ENV_ID).heights.tolist() == list(UNEQUAL_HEIGHTS)
+    with pytest.raises(ValueError, match="multimodal bandits"):
+        make_bandit("Pendulum-v1")
 
 
 # --- the Boltzmann targets -------------------------------------------------------------------------
@@ -81,6 +121,27 @@ def test_a_cold_target_puts_a_quarter_on_each_peak(alpha):
     targets = boltzmann_targets(alpha)
     np.testing.assert_allclose(targets[:4], 0.25, atol=1e-6)
     assert targets[4] < 1e-6
+
+
+def test_the_unequal_targets_are_the_intended_masses():
+    targets = boltzmann_targets(UNEQUAL_ALPHA, make_bandit(UNEQUAL_ENV_ID))
+    assert targets.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(targets[:4], UNEQUAL_MASSES, atol=0.001)
+    assert np.all(np.diff(targets[:4]) < -0.04)  # ordered, each at least 4 points below the one before
+    assert targets[4] < 0.01  # the peaks are far enough apart that little mass lies between them
+
+
+def test_the_unequal_targets_follow_the_temperature():
+    bandit = make_bandit(UNEQUAL_ENV_ID)
+    assert boltzmann_targets(0.0, bandit)[0] == pytest.approx(1.0)  # the hard max: all on the tallest peak
+    assert boltzmann_targets(0.05, bandit)[0] > boltzmann_targets(UNEQUAL_ALPHA, bandit)[0] > \
+        boltzmann_targets(0.2, bandit)[0]
+
+
+def test_the_unequal_grid_trains_at_the_temperature_of_its_targets():
+    for algo in ("sac", "diffsac"):
+        table = load_hyperparameters(ZOO_HYPERPARAMS / "diffagent-UnequalPeaks-v0.toml", algo)
+        assert table["autotune_alpha"] is False and table["alpha_init"] == UNEQUAL_ALPHA
 
 
 def test_a_hot_target_is_the_area_of_each_region():
@@ -122,6 +183,16 @@ def test_wide_samples_fall_off_mode():
     assert coverage.total_variation == pytest.approx(coverage.off_mode_share - coverage.off_mode_target)
 
 
+def test_the_unequal_task_tells_the_boltzmann_policy_from_an_even_share():
+    bandit = make_bandit(UNEQUAL_ENV_ID)
+    exact = mode_coverage(BoltzmannSampler(bandit, UNEQUAL_ALPHA), alpha=UNEQUAL_ALPHA, bandit=bandit)
+    assert exact.max_abs_error_points < 1.5 and exact.total_variation < 0.02
+    assert exact.deterministic_reward == pytest.approx(1.0, abs=1e-6)
+    even = mode_coverage(FakeAgent(), alpha=UNEQUAL_ALPHA, bandit=bandit)  # a quarter on each peak
+    assert even.modes_covered == 4  # every mode found, so the count alone would pass it ...
+    assert even.max_abs_error_points > 20 and even.total_variation > 0.2  # ... but the masses are far off
+
+
 def test_sampling_is_seeded():
     agent = FakeAgent()
     assert np.array_equal(sample_actions(agent, 500, seed=1), sample_actions(agent, 500, seed=1))
@@ -151,11 +222,20 @@ def test_a_trained_agent_reports_its_learned_temperature():
     assert coverage.alpha == pytest.approx(float(agent.algorithm.alpha)) and coverage.alpha != 1.0
 
 
+def test_an_agent_is_scored_on_the_bandit_it_was_trained_on():
+    agent = Agent("diffsac", UNEQUAL_ENV_ID, autotune_alpha=False, alpha_init=UNEQUAL_ALPHA, **TINY)
+    assert agent_bandit(agent).heights.tolist() == list(UNEQUAL_HEIGHTS)
+    np.testing.assert_allclose(mode_coverage(agent, samples=500).targets, UNEQUAL_MASSES, atol=0.001)
+    assert agent_bandit(FakeAgent()).heights.tolist() == [1.0] * 4  # no env_id: the four equal peaks
+    with pytest.raises(ValueError, match="multimodal bandits"):
+        agent_bandit(Agent("sac", "Pendulum-v1", **TINY))
+
+
 def test_fixed_temperatures_are_read_from_the_config():
     assert agent_temperature(Agent("diffsac", ENV_ID, autotune_alpha=False, alpha_init=0.2, **TINY)) == \
         pytest.approx(0.2)
     assert agent_temperature(Agent("diffppo", ENV_ID, alpha=0.01)) == pytest.approx(0.01)
-    assert agent_temperature(Agent("ppo", ENV_ID)) == 0.0
+    assert agent_temperature(Agent("ppo", ENV_ID, alpha=0.0)) == 0.0  # zero is a temperature, not a missing one
 
 
 # --- the plot --------------------------------------------------------------------------------------
