@@ -1,10 +1,11 @@
 """Learning tier: each algorithm must actually learn a cheap task within a small, fixed budget.
 
 Float rounding differs between CPUs (AMD EPYC, Intel Xeon with AVX-512), and a learning run
-amplifies it: the same seed can learn on one machine and not on another (PPO on InvertedPendulum
-reached 997 here and 364 on an Intel Xeon). So each case's budget and threshold were chosen from
-its return over many seeds, which spread at least as widely as rounding does, and the test passes
-only with margin over that spread. The measurement is this file run as a script:
+amplifies it: the same seed can learn on one machine and not on another (PPO on InvertedPendulum,
+seed 0, reached 997 on the AMD machine and 364 on an Intel Xeon, where seeds 0-9 on the AMD machine
+all reached 863 or more: a machine can move a run further than a seed does). So each case runs
+on a majority of seeds where one run's outcome is not safe, and each threshold sits below the worst
+of ten seeds measured; `measured` says what the measurement printed. It is this file run as a script:
 
     python tests/test_learning.py ppo-invpend --seeds 0-9     # prints each seed's return and the margin
 
@@ -36,7 +37,7 @@ class Case:
     threshold: float                 # the final evaluation (5 deterministic episodes) must exceed this
     untrained_below: float           # and the untrained policy must score below this
     overrides: dict = field(default_factory=dict)
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)    # the test passes when more than half of these runs pass
     measured: str = ""               # what `python tests/test_learning.py NAME` printed, and where
 
 
@@ -48,8 +49,10 @@ CASES = {
     # K = 2 with larger steps than the K = 8 default schedule, so two steps can move the action as far
     "diffwpo-pendulum": Case("diffwpo", "Pendulum-v1", 8000, -400, -900,
                              {**PENDULUM_NETS, "diffusion_steps": 2, "step_size_max": 0.5, "step_size_min": 0.05}),
-    "ppo-invpend": Case("ppo", "InvertedPendulum-v4", 24_576, 500, 100),
-    "diffppo-invpend": Case("diffppo", "InvertedPendulum-v4", 24_576, 300, 100),
+    "ppo-invpend": Case("ppo", "InvertedPendulum-v4", 24_576, 500, 100, seeds=(0, 1, 2),
+                        measured="AMD EPYC, seeds 0-9: min 863, median 1000; one Intel Xeon run of seed 0: 364"),
+    "diffppo-invpend": Case("diffppo", "InvertedPendulum-v4", 24_576, 250, 100, seeds=(0, 1, 2),
+                            measured="AMD EPYC, seeds 0-9: min 359, median 568, max 959"),
 }
 
 
@@ -64,9 +67,12 @@ def train_and_score(case: Case, seed: int) -> tuple[float, float]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_learns(name):
     case = CASES[name]
-    before, after = train_and_score(case, case.seed)
-    assert before < case.untrained_below, before
-    assert after > case.threshold, f"{name} reached only {after:.0f} after {case.steps:,} steps (seed {case.seed})"
+    scores = {seed: train_and_score(case, seed) for seed in case.seeds}
+    assert all(before < case.untrained_below for before, _ in scores.values()), scores
+    passed = [seed for seed, (_, after) in scores.items() if after > case.threshold]
+    assert len(passed) > len(case.seeds) / 2, (
+        f"{name}: {len(passed)} of {len(case.seeds)} seeds passed {case.threshold:.0f} after {case.steps:,} steps "
+        f"(returns {', '.join(f'{after:.0f}' for _, after in scores.values())})")
 
 
 def _seeds(text: str) -> list[int]:
