@@ -148,8 +148,9 @@ class WPOConfig(SACConfig):
     """Adam learning rate of the log of the KL penalty weight."""
     target_policy_tau: float = 0.005
     """Polyak rate of the old policy that the KL is measured against."""
-    fisher_preconditioning: bool = False
-    """Natural gradient as in the WPO paper: each kernel's mean gradient times sigma^2, log std times 1/2."""
+    fisher_preconditioning: bool = True
+    """Natural gradient as in the WPO paper and acme: each kernel's mean gradient times sigma^2, its log std's times
+    sigma^2/2 (docs/algorithms.md, "WPO's preconditioning")."""
 
 
 # What a diffusion algorithm may set differently from its Gaussian base: the policy and nothing else.

@@ -32,9 +32,12 @@ A learned backward kernel (the diffusion's step sizes) also makes L depend on th
 no moving sample accounts for: its gradient alpha E[sum_k grad log p(x_k | x_{k+1})] is added, as in
 DiffPPO and SAC's 'lv' loss. The Gaussian's backward kernel is its fixed prior, so nothing changes there.
 
-Fisher preconditioning (optional; the WPO paper uses it for the Gaussian, the authors' diffusion
-version does not): the gradients reaching each kernel's mean are scaled by sigma^2 and those
-reaching its log std by 1/2, the inverse Fisher information of a Gaussian, values unchanged.
+Fisher preconditioning (on by default, for the Gaussian and the chain alike): the gradients reaching each
+kernel's mean are scaled by sigma^2 and those reaching its std by its inverse Fisher in (mean, sigma)
+coordinates, sigma^2/2, as acme's WPO, values unchanged. Then a Gaussian's WPO gradient is SAC's
+pathwise gradient of Q sample by sample; on Hopper the mean gradients of the Gaussian and the chain
+pointed along the pathwise ones at cosine 0.995 and 0.998, against 0.66 and 0.95 without
+preconditioning (docs/algorithms.md, "WPO's preconditioning").
 """
 
 from __future__ import annotations
