@@ -49,7 +49,7 @@ class PolicyConfig:
 
 @dataclass
 class SACConfig(PolicyConfig):
-    """SAC, and DiffSAC when the policy is a diffusion chain (algorithms.md, section 4)."""
+    """SAC, and DiffSAC when the policy is a diffusion chain (docs/algorithms.md, section 4)."""
 
     buffer_size: int = 1_000_000
     """Replay buffer capacity in transitions."""
@@ -89,7 +89,7 @@ class SACConfig(PolicyConfig):
 
 @dataclass
 class PPOConfig(PolicyConfig):
-    """PPO, and DiffPPO when the policy is a diffusion chain (algorithms.md, section 4).
+    """PPO, and DiffPPO when the policy is a diffusion chain (docs/algorithms.md, section 4).
 
     Defaults follow CleanRL's and SB3's PPO for MuJoCo.
     """
@@ -134,7 +134,7 @@ class PPOConfig(PolicyConfig):
 
 @dataclass
 class WPOConfig(SACConfig):
-    """WPO, and DiffWPO when the policy is a diffusion chain (algorithms.md, section 4).
+    """WPO, and DiffWPO when the policy is a diffusion chain (docs/algorithms.md, section 4).
 
     SAC's replay buffer, critics, temperature and loop with the Wasserstein policy update as the
     actor loss (SAC's actor_gradient and lv_chains are unused).

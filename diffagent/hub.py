@@ -4,7 +4,7 @@
     agent = Agent.from_pretrained("my-org/diffsac-Pendulum-v1", revision="main")
     agent.push_to_hub("my-org/diffsac-Pendulum-v1")
 
-A repository *is* an artifact directory (architecture.md, principle 4): config.json and
+A repository *is* an artifact directory (docs/security.md): config.json and
 model.safetensors, and when present policy.onnx, results.json, README.md (the model card, written
 from the top-level MODEL_CARD.md template) and replay.mp4. Nothing else in a run directory
 (checkpoints/, metrics.jsonl) is uploaded. Downloads go through huggingface_hub's cache, so a model

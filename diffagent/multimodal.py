@@ -1,4 +1,4 @@
-"""The multimodal task of the benchmark (design/benchmarks.md, section 3).
+"""The multimodal tasks of the benchmark (docs/algorithms.md, "The multimodal claim").
 
 A one-step bandit over a 2-D action whose reward has four well separated peaks. Its soft-optimal
 policy is the Boltzmann density pi*(a) ~ exp(r(a) / alpha) over the action box, so a trained policy

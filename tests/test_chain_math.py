@@ -1,4 +1,4 @@
-"""Math tier: the chain's log-probabilities against closed-form Gaussians (algorithms.md, section 2)."""
+"""Math tier: the chain's log-probabilities against closed-form Gaussians (docs/algorithms.md, section 2)."""
 
 import math
 

@@ -199,7 +199,7 @@ def paired_z(gradients, reference):
 def test_cancelling_the_past_keeps_the_expected_gradient_but_raises_its_variance():
     """A one-state bandit with reward Q(a): the per-step policy gradient with and without the past terms.
 
-    algorithms.md expects the cancelled estimator to have the lower variance; measured, it is higher
+    docs/algorithms.md once expected the cancelled estimator to have the lower variance; measured, it is higher
     (past and future of a chain are anti-correlated), which is why `cancel_past` is off by default.
     With a per-step baseline it is lower: the test after this one.
     """

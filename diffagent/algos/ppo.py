@@ -1,4 +1,4 @@
-"""PPO, and DiffPPO when handed a diffusion-chain policy (algorithms.md, sections 3 and 4).
+"""PPO, and DiffPPO when handed a diffusion-chain policy (docs/algorithms.md, sections 3 and 4).
 
 The update never asks which policy it holds. Every action is a chain x_0 -> ... -> x_K; the rollout
 keeps the whole chain and the behaviour policy's per-step log q_old, and
@@ -25,7 +25,7 @@ The step advantage is one of three:
 A_t holds -alpha L_t, the whole chain's log-ratio. Its future terms -alpha (sum_{j>=k} l_j + squash)
 belong to step k, and they are in A_t already through r~_t (adding them again would count them
 twice). The past terms (the prior, l_j for j < k) have zero expected product with grad log q_theta
-at step k, so removing them, as algorithms.md prescribes, leaves the expected gradient unchanged.
+at step k, so removing them, as docs/algorithms.md, section 3, shows, leaves the expected gradient unchanged.
 Against the shared baseline V(s_t) it does not lower the variance, though: the past and the future
 of one chain are anti-correlated (they telescope: for a near-reversible chain L ~ log p_0(x_K) + squash
 while the past ~ log p_0(x_k)), and on a bandit the cancelled estimator's variance came out 3-92%

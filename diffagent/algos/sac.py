@@ -1,4 +1,4 @@
-"""SAC, and DiffSAC when handed a diffusion-chain policy (algorithms.md, section 4).
+"""SAC, and DiffSAC when handed a diffusion-chain policy (docs/algorithms.md, section 4).
 
 The update never asks which policy it holds: it uses the path log-ratio L where SAC uses log pi,
 and for the Gaussian policy L *is* log pi.
@@ -161,7 +161,7 @@ class SAC(Algorithm):
 
     def log_variance_actor_loss(self, raw_obs: torch.Tensor, obs: torch.Tensor,
                                 alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The LV gradient (algorithms.md, section 3) with the past terms of every step cancelled.
+        """The LV gradient (docs/algorithms.md, section 3) with the past terms of every step cancelled.
 
         M chains per state, held fixed. Step k's score is weighted by its future
         sum_{j>=k} l_j + squash - Q/alpha minus a leave-one-out baseline over the state's other

@@ -1,4 +1,4 @@
-"""WPO, and DiffWPO when handed a diffusion-chain policy (algorithms.md, section 4).
+"""WPO, and DiffWPO when handed a diffusion-chain policy (docs/algorithms.md, section 4).
 
 SAC's replay buffer, critics, temperature and loop, inherited; only the actor loss differs.
 Wasserstein policy optimisation (Pfau et al., 2025) moves every sampled action along the gradient

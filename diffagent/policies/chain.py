@@ -1,6 +1,6 @@
 """Step-by-step log-probabilities of a sampled chain x_0 -> x_1 -> ... -> x_K.
 
-Every algorithm scores chains through this one module (algorithms.md, section 2):
+Every algorithm scores chains through this one module (docs/algorithms.md, section 2):
 
     L(s, x_{0:K}) = log p_0(x_0) + sum_k [log q_theta(x_{k+1} | x_k, s, k) - log p(x_k | x_{k+1})]
                     - sum_d log(1 - tanh(x_K,d)^2)

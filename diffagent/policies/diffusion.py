@@ -1,4 +1,4 @@
-"""The diffusion-chain policy of DiffSAC, DiffPPO and DiffWPO (algorithms.md, section 2).
+"""The diffusion-chain policy of DiffSAC, DiffPPO and DiffWPO (docs/algorithms.md, section 2).
 
     x_0 ~ N(0, sigma_0^2 I)
     x_{k+1} ~ q_theta(. | x_k, s, k) = N(x_k + eta_k [grad log p_0(x_k) + f_theta(x_k, s, k)], 2 eta_k I)
