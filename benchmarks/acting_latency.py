@@ -39,7 +39,7 @@ def p50_us(act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: torch
 def main() -> None:
     from diffagent import Agent
     from diffagent.algos.ppo import trace
-    from diffagent.export import LiveOnnxPolicy
+    from diffagent.policies.onnx import LiveOnnxPolicy
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v4")

@@ -26,7 +26,7 @@ def run(estimator: str, env_id: str, steps: int, seed: int, overrides: dict) -> 
     start = time.perf_counter()
     agent.learn(steps, eval_every=steps // 6, eval_episodes=5, progress=False)
     elapsed = time.perf_counter() - start
-    curve = [(e["step"], e["mean"]) for e in agent._progress.evaluations]
+    curve = [(e["step"], e["mean"]) for e in agent.progress.evaluations]
     return {"estimator": estimator, "seed": seed, "final_return": curve[-1][1], "curve": curve,
             "steps_per_s": steps / elapsed}
 

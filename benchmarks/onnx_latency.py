@@ -63,6 +63,7 @@ def main() -> None:
     import torch
 
     from diffagent import Agent
+    from diffagent.export import export_onnx
 
     torch.set_num_threads(args.threads)
     agent = Agent("diffsac", args.env)
@@ -71,8 +72,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        given = session(agent.export_onnx(Path(tmp) / "policy.onnx"), args.threads)
-        drawn = session(agent.export_onnx(Path(tmp) / "sampling.onnx", sample_noise=True), args.threads)
+        given = session(export_onnx(agent, Path(tmp) / "policy.onnx"), args.threads)
+        drawn = session(export_onnx(agent, Path(tmp) / "sampling.onnx", sample_noise=True), args.threads)
         for batch, calls in ((1, args.calls), (1024, args.batch_calls)):
             obs = rng.standard_normal((batch, policy.obs_dim)).astype(np.float32)
             shape = policy.noise_shape(batch)
@@ -87,7 +88,7 @@ def main() -> None:
                 print(f"{name:36s} batch {batch:5d}: p50 {rows[-1]['p50_us']:8.1f} us", flush=True)
     print(markdown_table(rows, ["runtime", "batch", "p50_us", "p90_us", "p99_us", "max_us", "calls"]))
     write_results(args.out, {"env_id": args.env, "algo": "diffsac", "num_steps": policy.num_steps,
-                             "hidden_sizes": list(agent.config.policy_hidden_sizes), "threads": args.threads,
+                             "hidden_sizes": list(agent.config.policy.policy_hidden_sizes), "threads": args.threads,
                              "load_average_before": load_before, "latency": rows})
 
 

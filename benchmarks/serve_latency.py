@@ -220,15 +220,16 @@ def concurrency(model: str, obs_dim: int, args: argparse.Namespace) -> list[dict
 
 
 def export_default_model(directory: Path) -> None:
-    """The benchmark's model: an untrained default DiffSAC (K = 8, 256x256) on Hopper-v4, exported to ONNX."""
+    """The benchmark's model: an untrained default DiffSAC (K = 8) on Hopper-v4, exported to ONNX."""
     import warnings
 
     warnings.filterwarnings("ignore")
     from diffagent import Agent
+    from diffagent.export import export_onnx
 
     agent = Agent("diffsac", "Hopper-v4")
     agent.save_pretrained(directory)
-    agent.export_onnx(directory / "policy.onnx")
+    export_onnx(agent, directory / "policy.onnx")
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def main() -> None:
     def wpo_for(preconditioning: str) -> WPO:
         config = make_config(wpo_name, {"seed": args.seed, "buffer_size": 1,
                                         "fisher_preconditioning": preconditioning != "off"})
-        algo = WPO(config, agent.policy, agent._make_env, agent.device)
+        algo = WPO(config.algorithm, agent.policy, agent._make_env, agent.device, args.seed)
         algo.critic.load_state_dict(sac.critic.state_dict())
         algo.policy_old = copy.deepcopy(agent.policy).requires_grad_(False)  # KL and its gradient are 0 here
         return algo

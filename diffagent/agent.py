@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -24,17 +24,15 @@ import torch
 
 from diffagent import __version__
 from diffagent.algos import ALGORITHM_CLASSES, Algorithm
-from diffagent.config import PolicyConfig, algo_spec, config_to_dict, make_config
+from diffagent.config import Config, algo_spec, applicable, make_config
 from diffagent.envs import (EnvSource, UnavailableEnv, check_spaces, env_factory, registered_env_id, space_from_dict,
                             space_to_dict)
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError
-from diffagent.io import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, atomic_write, has_checkpoint, json_safe,
-                          load_checkpoint, read_jsonl, run_lock, save_artifact, save_checkpoint, write_json)
+from diffagent.io import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, RESULTS_FILE, atomic_write, has_checkpoint,
+                          json_safe, load_checkpoint, load_pretrained, read_jsonl, run_lock, save_artifact,
+                          save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
-
-if TYPE_CHECKING:
-    from diffagent.export import LiveOnnxPolicy
-
+from diffagent.policies.onnx import LiveOnnxPolicy
 
 
 @dataclass
@@ -63,8 +61,11 @@ LEARN_DEFAULTS = {"eval_every": 10_000, "eval_episodes": 5, "checkpoint_every": 
 
 
 @dataclass
-class _LearnProgress:
-    """What `learn` needs to pick up where a checkpoint left it: the budget, the schedules, the evaluations."""
+class LearnProgress:
+    """Where training stands: the budget, the schedules of `learn`, the evaluations so far and the time spent.
+
+    A checkpoint saves it, so a resumed run picks up its budget and schedules.
+    """
 
     total_steps: int
     eval_every: int
@@ -94,25 +95,31 @@ class Agent:
         algo: one of `diffagent.config.ALGORITHMS` (sac, diffsac, ...).
         env: a Gymnasium id, an env instance, or a zero-argument factory. Box actions only.
         device: 'cpu', 'cuda' or 'auto'.
-        **overrides: hyperparameters of the algorithm's config (see `diffagent train --help-config`).
+        **overrides: hyperparameters of the algorithm's config, by name (`diffagent train --algo ALGO
+            --list-params` lists them); one that the algorithm does not use is a ConfigError.
+
+    Attributes:
+        config: the algorithm's `diffagent.config.Config` (run, policy and algorithm parts).
+        policy: the `Policy` that acts, is saved and exported; `algorithm` trains it.
+        progress: the `LearnProgress` of the current or resumed run, None before the first `learn`.
     """
 
     def __init__(self, algo: str, env: EnvSource, *, device: str | torch.device = "cpu", **overrides: Any):
         self.algo = algo.lower()
         self.spec = algo_spec(self.algo)
-        self.config: PolicyConfig = make_config(self.algo, overrides)
+        self.config: Config = make_config(self.algo, overrides)
         self.device = _resolve_device(device)
         self._make_env, self.env_id = env_factory(env)
         first_env = self._make_env()
         self.observation_space, self.action_space = check_spaces(first_env, self.env_id)
         self._env_pool = [first_env]  # handed to the algorithm or the evaluator, whoever asks first
-        torch.manual_seed(self.config.seed)
-        self.policy: Policy = make_policy(self.spec.policy, self.config, self.observation_space.shape[0],
+        torch.manual_seed(self.config.run.seed)
+        self.policy: Policy = make_policy(self.config.policy, self.observation_space.shape[0],
                                           self.action_space.low, self.action_space.high).to(self.device)
+        self.progress: LearnProgress | None = None
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
-        self._live_policy: LiveOnnxPolicy | None = None  # what act runs one observation through on a CPU
-        self._progress: _LearnProgress | None = None
+        self._onnx_policy: LiveOnnxPolicy | None = None  # what evaluate acts with on a CPU
         self._run_dir: Path | None = None  # the run directory this agent trains into (or was resumed from)
         self._trim_metrics = False  # resumed: metrics logged after the checkpoint are dropped when learn continues
 
@@ -121,8 +128,9 @@ class Agent:
     def algorithm(self) -> Algorithm:
         """The training algorithm; built on first use (a loaded agent that only acts never needs it)."""
         if self._algorithm is None:
-            algo_class = ALGORITHM_CLASSES[self.spec.config_class]
-            self._algorithm = algo_class(self.config, self.policy, self._new_env, self.device)
+            algo_class = ALGORITHM_CLASSES[self.spec.algorithm]
+            self._algorithm = algo_class(self.config.algorithm, self.policy, self._new_env, self.device,
+                                         self.config.run.seed)
         return self._algorithm
 
     @property
@@ -130,20 +138,31 @@ class Agent:
         """Environment steps trained so far."""
         return self._algorithm.num_steps if self._algorithm is not None else 0
 
+    @property
+    def temperature(self) -> float | None:
+        """The temperature alpha: the algorithm's once it is built (SAC and WPO tune theirs), else the config's
+        fixed one; None for a tuned alpha whose algorithm is not built (a loaded agent keeps only its policy)."""
+        if self._algorithm is not None:
+            return self._algorithm.temperature
+        return self.config.algorithm.fixed_temperature
+
     def _new_env(self) -> gym.Env:
         return self._env_pool.pop() if self._env_pool else self._make_env()
 
     # --- acting --------------------------------------------------------------------------------------
     def act(self, obs: np.ndarray, deterministic: bool = False, noise: np.ndarray | None = None) -> np.ndarray:
-        """Actions in the env's units for one observation (obs_dim,) or a batch (B, obs_dim).
+        """Actions in the env's units for one observation (obs_dim,) or a batch (B, obs_dim), from the torch policy.
 
         `noise` (K+1, act_dim) or (B, K+1, act_dim) fixes the chain's randomness; zero noise is the
         deterministic action. Any finite input gives an action inside the box; NaN or inf (also beyond
-        float32's range) is an InputError, as in `serve`. One observation on a CPU (a control loop, `evaluate`) runs the chain in
-        onnxruntime on the policy's own parameters (`LiveOnnxPolicy`), where torch's per-op cost would
-        dominate: 153 us against 1,831 us eager for DiffPPO's K = 8 chain
-        (benchmarks/acting_latency.py). Its first such call exports the chain (~0.3 s).
+        float32's range) is an InputError, as in `serve`. For fast acting on one observation at a time,
+        export the policy and run it with `serve.load_policy` (README, "Publish, export, serve").
         """
+        return self._act(self.policy, obs, deterministic, noise)
+
+    def _act(self, policy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: Any, deterministic: bool,
+             noise: Any) -> np.ndarray:
+        """`act` through `policy`: the torch policy, or the ONNX backend that evaluate uses."""
         obs_array = _finite_array(obs, "observation")
         single = obs_array.ndim == 1
         obs_dim = self.policy.obs_dim
@@ -163,39 +182,48 @@ class Agent:
                     raise InputError(f"noise must have shape {self.policy.noise_shape(batch.shape[0])} "
                                      f"(batch, K+1, act_dim), got {np.shape(noise)}")
                 noise_t = torch.from_numpy(np.ascontiguousarray(noise_array)).to(self.device)
-            policy = self._single_policy() if batch.shape[0] == 1 and self.device.type == "cpu" else self.policy
             action = policy(obs_t, noise_t).cpu().numpy()
         return action[0] if single else action
 
-    def _single_policy(self) -> LiveOnnxPolicy:
-        """The policy at batch 1 in onnxruntime, made on first use. The Agent only ever updates the
-        policy's tensors in place (training, loading weights), so binding once is enough."""
-        if self._live_policy is None:
-            from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when an agent first acts on one obs
-
-            self._live_policy = LiveOnnxPolicy(self.policy, batch=1)
-        return self._live_policy
-
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
-        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i."""
+        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i.
+
+        On a CPU the episodes act through the ONNX acting backend (`LiveOnnxPolicy`), bound to the
+        current policy's tensors at the start of each call: one observation at a time, torch's per-op
+        cost dominates, and onnxruntime runs the chain several times faster with the same actions up to
+        float rounding (benchmarks/acting_latency.py; tests/test_agent.py compares every action). This
+        is the one place diffagent picks an acting backend by itself; `act` always runs torch.
+        """
         if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
             raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
         if self._eval_env is None:
             self._eval_env = self._new_env()
         env = self._eval_env
-        base_seed = 1_000_000 + self.config.seed if seed is None else seed
+        policy = self._evaluation_policy()
+        base_seed = 1_000_000 + self.config.run.seed if seed is None else seed
         returns, lengths = [], []
         for i in range(episodes):
             obs, _ = env.reset(seed=base_seed + i)
             total, length, done = 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=deterministic))
+                obs, reward, terminated, truncated, _ = env.step(self._act(policy, obs, deterministic, None))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
             returns.append(total)
             lengths.append(length)
         return EvalResult(returns, lengths, deterministic)
+
+    def _evaluation_policy(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """What `evaluate` acts with: on a CPU the ONNX backend at batch 1, made for the current policy (or bound
+        to its tensors again, which may have been replaced), elsewhere the torch policy."""
+        if self.device.type != "cpu":
+            return self.policy
+        if self._onnx_policy is None or self._onnx_policy.policy is not self.policy:
+            self._onnx_policy = LiveOnnxPolicy(self.policy, batch=1)
+        else:
+            self._onnx_policy.bind()
+        return self._onnx_policy
 
     # --- training -------------------------------------------------------------------------------------
     def learn(self, steps: int | None = None, *, eval_every: int | None = None, eval_episodes: int | None = None,
@@ -216,9 +244,9 @@ class Agent:
         """
         from tqdm.auto import tqdm
 
-        state = self._progress or _LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
+        state = self.progress or LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
         if steps is None:
-            if self._progress is None or state.total_steps <= self.num_steps:
+            if self.progress is None or state.total_steps <= self.num_steps:
                 raise ConfigError("learn() needs a number of steps: nothing is left of a resumed run's budget "
                                   f"({state.total_steps:,} steps, {self.num_steps:,} trained)")
             steps = state.total_steps - self.num_steps
@@ -234,7 +262,7 @@ class Agent:
             raise ConfigError("eval_episodes must be at least 1 while eval_every is set; pass eval_every=0 to "
                               "train without evaluations")
         state.total_steps = self.num_steps + int(steps)
-        self._progress = state
+        self.progress = state
         run_path = self._claim_run_dir(Path(run_dir)) if run_dir is not None else self._run_dir
         with run_lock(run_path) if run_path is not None else contextlib.nullcontext():
             algorithm = self.algorithm
@@ -263,7 +291,7 @@ class Agent:
             self._run_dir = resolved
         return self._run_dir
 
-    def _train_loop(self, algorithm: Algorithm, state: _LearnProgress, run_path: Path | None, bar: Any) -> None:
+    def _train_loop(self, algorithm: Algorithm, state: LearnProgress, run_path: Path | None, bar: Any) -> None:
         """Train until the budget, logging every log_every steps, evaluating and checkpointing on schedule."""
         window: dict[str, list[float]] = {}
         last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
@@ -305,47 +333,22 @@ class Agent:
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
-        return {"library": "diffagent", "library_version": __version__, "algo": self.algo, "policy": self.spec.policy,
-                "env_id": self.env_id, "observation_space": space_to_dict(self.observation_space),
-                "action_space": space_to_dict(self.action_space), "config": config_to_dict(self.config)}
+        """What config.json holds, and a checkpoint beside its state."""
+        return {"format_version": FORMAT_VERSION, "library": "diffagent", "library_version": __version__,
+                "algo": self.algo, "policy": self.spec.policy.family, "env_id": self.env_id,
+                "observation_space": space_to_dict(self.observation_space),
+                "action_space": space_to_dict(self.action_space), "config": self.config.to_dict()}
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the artifact: config.json and model.safetensors (policy weights + observation statistics)."""
         path = save_artifact(directory, self._meta(), self.policy.state_dict())
-        if self._progress is not None and self._progress.evaluations:
+        if self.progress is not None and self.progress.evaluations:
             write_json(path / RESULTS_FILE, self.results())
-        return path
-
-    def push_to_hub(self, repo_id: str, *, token: str | None = None, private: bool = False,
-                    commit_message: str | None = None, eval_episodes: int = 10) -> str:
-        """Upload the agent to the Hugging Face Hub as `repo_id` (`org/name`); returns the commit URL.
-
-        The repo gets the artifact, policy.onnx, results.json with a fresh deterministic evaluation
-        over `eval_episodes`, a model card (README.md) and, when a renderer is available, replay.mp4.
-        The token comes from `token`, else HF_TOKEN, else `hf auth login`. See `diffagent.hub.push`.
-        """
-        from diffagent.hub import push_agent
-
-        return push_agent(self, repo_id, token=token, private=private, commit_message=commit_message,
-                          eval_episodes=eval_episodes)
-
-    def export_onnx(self, path: str | Path, *, sample_noise: bool = False, verify: bool = True) -> Path:
-        """Export the policy's chain f(obs, noise) -> action to an ONNX file (see `diffagent.export`).
-
-        `sample_noise` exports the form whose only input is obs (the noise is drawn in the graph).
-        `verify` checks onnxruntime against PyTorch and raises an ArtifactError if they differ by more than
-        `diffagent.export.PARITY_TOLERANCE` of the action range.
-        """
-        from diffagent.export import export_onnx, verify_onnx
-
-        path = export_onnx(self.policy, self._meta(), path, sample_noise=sample_noise)
-        if verify:
-            verify_onnx(self.policy, path)
         return path
 
     def results(self) -> dict[str, Any]:
         """Training summary for results.json and the model card."""
-        state = self._progress
+        state = self.progress
         return {"algo": self.algo, "env_id": self.env_id, "total_steps": self.num_steps,
                 "train_time_s": state.train_time if state else 0.0,
                 "evaluations": state.evaluations if state else [],
@@ -364,8 +367,6 @@ class Agent:
         cache and loads offline from there (HF_HUB_OFFLINE=1). Only JSON and safetensors are read.
         `env` overrides the saved env id, for envs that are not registered with Gymnasium.
         """
-        from diffagent.hub import load_pretrained
-
         meta, weights, source = load_pretrained(path_or_repo_id, revision)
         return cls._from_meta(meta, weights, env, device, source=source)
 
@@ -376,6 +377,8 @@ class Agent:
         if not isinstance(algo, str) or not isinstance(config, dict) or env_id is None:
             raise ArtifactError(f"{source}: config.json lacks a valid 'algo', 'config' or 'env_id'; it is corrupted.")
         try:
+            if meta.get("format_version", 1) < 2:  # format 1 listed fields its algorithm ignores (io.FORMAT_VERSION);
+                config = applicable(algo, config)  # its checkpoints carry no version in their meta
             make_config(algo, config)  # every value is checked before anything is built from it
         except ConfigError as err:
             raise ArtifactError(f"{source}: cannot rebuild the agent from config.json: {err}") from None
@@ -406,7 +409,7 @@ class Agent:
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, run_dir: str | Path) -> Path:
         """Write everything needed to resume training to run_dir/checkpoints/ (atomically)."""
-        progress = self._progress or _LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
+        progress = self.progress or LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
         state = {"meta": self._meta(), "algorithm": self.algorithm.state_dict(), "progress": progress.__dict__}
         return save_checkpoint(run_dir, self.num_steps, state)
 
@@ -422,7 +425,7 @@ class Agent:
         agent = cls._from_meta(meta, state["algorithm"]["components"]["policy"], env, device, source=str(run_dir))
         try:
             agent.algorithm.load_state_dict(state["algorithm"])
-            agent._progress = _LearnProgress(**state["progress"])
+            agent.progress = LearnProgress(**state["progress"])
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise ArtifactError(f"cannot resume {run_dir}: its checkpoint does not match its config ({err}); "
                                 "it is corrupted or from another diffagent version.") from None
@@ -433,7 +436,7 @@ class Agent:
     @property
     def budget(self) -> int | None:
         """The step budget of the current (or resumed) run: `learn()` with no steps trains up to it."""
-        return self._progress.total_steps if self._progress is not None else None
+        return self.progress.total_steps if self.progress is not None else None
 
 
 def _saved_env(meta: dict, env_id: Any, source: str) -> EnvSource:

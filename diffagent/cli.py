@@ -1,4 +1,9 @@
-"""The `diffagent` command line: train, resume, eval (and export, push, serve from their modules)."""
+"""The `diffagent` command line: train, resume, eval, export, push, serve, bench and zoo.
+
+The one place with click commands. Each command does its work through the library, and diffagent's
+own errors (DiffAgentError: bad input that the message says how to fix) become a one-line message;
+anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ from pathlib import Path
 
 import click
 
-from diffagent.config import ALGORITHMS, algo_spec, config_fields, field_docs, parse_overrides
-from diffagent.io import METRICS_FILE, json_safe
-from diffagent.zoo import DEFAULT_MODELS_DIR
+from diffagent.agent import Agent
+from diffagent.bench import load_grid, load_hyperparameters, read_curve, run_grid, write_report
+from diffagent.config import ALGORITHMS, make_config, parse_overrides
+from diffagent.errors import DiffAgentError
+from diffagent.export import PARITY_TOLERANCE, export_onnx, format_parity, verify_onnx
+from diffagent.io import METRICS_FILE, has_checkpoint, json_safe
+from diffagent.publish import default_repo_id, push
+from diffagent.zoo import DEFAULT_MODELS_DIR, add_to_zoo, push_zoo, zoo_models
+from serve.contract import ONNX_FILE
+from serve.server import main as serve_main
 
 DEFAULT_ALGO = "diffsac"
 DEFAULT_ENV = "Pendulum-v1"
@@ -26,11 +38,9 @@ def friendly_errors(command):
     """Turn diffagent's own errors into a one-line message and exit code 2, no traceback."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from diffagent.errors import DiffAgentError
-
         try:
             return command(*args, **kwargs)
-        except (DiffAgentError, ValueError) as err:
+        except DiffAgentError as err:
             raise click.ClickException(str(err)) from None
     return wrapper
 
@@ -72,21 +82,13 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
 
     With no options: DiffSAC on Pendulum-v1 for 6,000 steps (a few minutes on a laptop CPU).
     """
-    spec = algo_spec(algo)
     if list_params:
-        docs, defaults = field_docs(spec.config_class), spec.config_class()
-        for name in config_fields(spec.config_class):
-            default = spec.defaults.get(name, getattr(defaults, name))
-            click.echo(f"{name} = {default!r}\n    {docs.get(name, '')}")
+        for spec, default in make_config(algo).items():
+            click.echo(f"{spec.name} = {default!r}\n    {spec.metadata['help']}")
         return
-    from diffagent import Agent
-    from diffagent.io import has_checkpoint
-
     _set_threads(threads)
     values = parse_overrides(overrides)
     if hparams_file:
-        from diffagent.bench import load_hyperparameters
-
         values = {**load_hyperparameters(hparams_file, algo), **values}
     elif (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
         values = {**QUICKSTART_OVERRIDES, **values}
@@ -114,8 +116,6 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
 @friendly_errors
 def resume(run_dir, steps, device, threads):
     """Continue a killed or finished run from its last checkpoint."""
-    from diffagent import Agent
-
     _set_threads(threads)
     agent = Agent.resume(run_dir, device=device)
     total = steps or agent.budget
@@ -139,8 +139,6 @@ def resume(run_dir, steps, device, threads):
 @friendly_errors
 def evaluate(model, episodes, stochastic, seed, revision, device, as_json):
     """Evaluate a saved agent: a run or artifact directory, or a Hub repo id ORG/NAME."""
-    from diffagent import Agent
-
     agent = Agent.from_pretrained(model, revision=revision, device=device)
     result = agent.evaluate(episodes, deterministic=not stochastic, seed=seed)
     if as_json:  # strict JSON: a non-finite return (an env's NaN reward) prints as null
@@ -163,8 +161,6 @@ def bench() -> None:
 @friendly_errors
 def bench_run(grid_file, parallel, dry_run):
     """Train every unfinished run of GRID_FILE; a killed grid picks up where it stopped."""
-    from diffagent.bench import load_grid, run_grid
-
     grid = load_grid(grid_file)
     if dry_run:
         for job in grid.jobs:
@@ -181,8 +177,6 @@ def bench_run(grid_file, parallel, dry_run):
 @friendly_errors
 def bench_status(grid_file):
     """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached."""
-    from diffagent.bench import load_grid, read_curve
-
     for job in load_grid(grid_file).jobs:
         curve = read_curve(job.run_dir)
         reached = f"{max(curve):,} steps, last eval {curve[max(curve)]:.1f}" if curve else "no evaluation yet"
@@ -197,8 +191,6 @@ def bench_status(grid_file):
 @friendly_errors
 def bench_report(grid_file, references):
     """Aggregate the runs of GRID_FILE: IQM table with bootstrap CIs, learning curves, raw JSON."""
-    from diffagent.bench import load_grid, write_report
-
     grid = load_grid(grid_file)
     write_report(grid, Path(references) if references else grid.references, echo=click.echo)
 
@@ -215,8 +207,6 @@ def zoo() -> None:
 @friendly_errors
 def zoo_add(run_dir, name, models):
     """Copy the artifact of RUN_DIR into the zoo as NAME, with its verified ONNX graph."""
-    from diffagent.zoo import add_to_zoo
-
     click.echo(f"added {add_to_zoo(run_dir, name, models)}")
 
 
@@ -225,8 +215,6 @@ def zoo_add(run_dir, name, models):
 @friendly_errors
 def zoo_list(models):
     """Print every model of the zoo with its evaluation."""
-    from diffagent.zoo import zoo_models
-
     for directory, meta, results in zoo_models(models):
         final = (results or {}).get("final_eval") or {}
         score = (f"{final['mean']:.1f} +/- {final['std']:.1f} at {final['step']:,} steps"
@@ -243,23 +231,70 @@ def zoo_list(models):
 @friendly_errors
 def zoo_push(org, models, token, eval_episodes, video):
     """Push every zoo model to the Hub with its model card (evaluated afresh)."""
-    from diffagent.zoo import push_zoo
-
     push_zoo(models, org, token=token, eval_episodes=eval_episodes, video=video, echo=click.echo)
 
 
-def _report(agent, out: Path) -> None:
-    results = agent.results()
-    final = results["final_eval"]
+@main.command("export")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help=f"Output file [default: MODEL_DIR/{ONNX_FILE}].")
+@click.option("--sample-noise", is_flag=True, help="Export the form that draws its own noise (input: obs only).")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help=f"Compare onnxruntime against PyTorch at batch 1 and 1024 (fails above {PARITY_TOLERANCE:g} of the "
+                   "action range).")
+@friendly_errors
+def export(model_dir, out, sample_noise, verify):
+    """Export a saved agent's policy to ONNX: the whole chain, normalisation and action rescaling inside."""
+    agent = Agent.from_pretrained(model_dir)
+    path = export_onnx(agent, out or Path(model_dir) / ONNX_FILE, sample_noise=sample_noise, verify=False)
+    form = "obs -> action, noise drawn inside" if sample_noise else "(obs, noise) -> action"
+    click.echo(f"wrote {path}: {agent.algo} on {agent.env_id}, K = {agent.policy.num_steps}, {form}")
+    if verify:
+        click.echo(f"verified: max |onnxruntime - torch| = {format_parity(verify_onnx(agent.policy, path))}")
+
+
+@main.command("push")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("repo_id", metavar="ORG/NAME")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--token", default=None, help="Hub token with write access [default: HF_TOKEN, then `hf auth login`].")
+@click.option("--eval-episodes", default=10, show_default=True, type=int,
+              help="Episodes of the fresh deterministic evaluation reported in the model card.")
+@click.option("--video/--no-video", default=True, show_default=True,
+              help="Record replay.mp4 (skipped, with a message, without a renderer or the video extra).")
+@click.option("--message", "commit_message", default=None, help="Commit message [default: algo, env and reward].")
+@friendly_errors
+def push_command(directory, repo_id, private, token, eval_episodes, video, commit_message):
+    """Push an artifact directory to the Hugging Face Hub as ORG/NAME, with a model card.
+
+    ORG alone pushes to ORG/ALGO-ENV_ID. Only the artifact files are uploaded (config.json,
+    model.safetensors, policy.onnx, results.json, README.md, replay.mp4), never checkpoints/; the
+    directory itself is only read.
+    """
+    agent = Agent.from_pretrained(Path(directory))
+    if "/" not in repo_id:
+        repo_id = default_repo_id(repo_id, agent.algo, agent.env_id)
+    click.echo(f"evaluating {agent.algo} on {agent.env_id} ({eval_episodes} episodes), then pushing to {repo_id}")
+    url = push(directory, repo_id, token=token, private=private, commit_message=commit_message,
+               eval_episodes=eval_episodes, video=video, agent=agent)
+    click.echo(f"pushed: {url}")
+
+
+@main.command("serve", add_help_option=False, context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve_command(args):
+    """Serve an exported policy over TCP (MODEL [options]; --help lists them).
+
+    The server is serve's own (`python -m serve.server`, numpy and onnxruntime only): its options are
+    defined there, once, and this command hands them over.
+    """
+    sys.exit(serve_main(list(args), prog="diffagent serve"))
+
+
+def _report(agent: Agent, out: Path) -> None:
+    final = agent.results()["final_eval"]
     if final:
         click.echo(f"done: {agent.num_steps} steps, eval return {final['mean']:.2f} +/- {final['std']:.2f}; "
                    f"saved to {out}")
-
-
-# Commands that live in their own modules register here.
-for _module, _name in [("diffagent.export", "export_command"), ("diffagent.hub", "push_command"),
-                      ("serve.server", "serve_command")]:
-    main.add_command(getattr(__import__(_module, fromlist=[_name]), _name))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,17 @@
-"""Typed configs, one dataclass per algorithm family, and the registry of algorithm names.
+"""Typed configs, composed of three parts, and the registry of algorithm names.
 
-A config is the single source of truth: CLI overrides, `config.json`, the model card and resume
-all read and write it. `make_config` is the one place values are parsed and validated.
+An algorithm's config is a run part (the seed), a policy-family part (Gaussian or diffusion) and an
+algorithm part (SAC, PPO or WPO), so it holds only the fields its algorithm uses:
+
+    config = make_config("diffsac", {"diffusion_steps": 4})
+    config.run.seed, config.policy.diffusion_steps, config.algorithm.batch_size
+
+Each field is declared once, with its default, its help text and its check (`hyperparameter`). A
+policy family's defaults differ between on- and off-policy training; the family's class returns
+them (`PolicyConfig.preset`). Hyperparameters are set by their flat names (`--set batch_size=512`,
+`Agent(..., batch_size=512)`, config.json), which are unique across the parts; a name that belongs to
+another algorithm is an error that says which algorithms use it. `make_config` is the one place
+values are parsed and validated.
 """
 
 from __future__ import annotations
@@ -11,189 +21,318 @@ import difflib
 import json
 import math
 import typing
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 from diffagent.errors import ConfigError
 
+Check = Callable[[str, Any], "str | None"]  # (name, value) -> what is wrong with it, or None
+
+# Sizes a config may ask for. They bound what building an agent allocates, so a hostile or mistyped
+# value (an artifact's diffusion_steps = 1e7, --set batch_size=1e20) is refused with a message rather
+# than dying in an allocation; each is far beyond any setting this project or the paper uses.
+MAX_WIDTH = 8192
+MAX_LAYERS = 16
+MAX_ROLLOUT = 10_000_000
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu", "mish")
+
+
+def hyperparameter(default: Any, help: str, check: Check | None = None) -> Any:
+    """A config field: its default, the help that --list-params and the model card show, and its check."""
+    return dataclasses.field(default=default, metadata={"help": help, "check": check})
+
+
+# --- checks, one per kind of bound ----------------------------------------------------------------------
+def between(low: int, high: int) -> Check:
+    return lambda name, value: None if low <= value <= high else f"{name} must lie in [{low:,}, {high:,}], got {value:,}"
+
+
+def positive(name: str, value: float) -> str | None:
+    return None if value > 0 else f"{name} must be positive, got {value}"
+
+
+def non_negative(name: str, value: float) -> str | None:
+    return None if value >= 0 else f"{name} must be 0 or more, got {value}"
+
+
+def fraction(name: str, value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"{name} must lie in [0, 1], got {value}"
+
+
+def rate(name: str, value: float) -> str | None:
+    return None if 0.0 < value <= 1.0 else f"{name} must lie in (0, 1], got {value}"
+
+
+def one_of(*choices: str) -> Check:
+    return lambda name, value: None if value in choices else f"{name}={value!r} must be one of {', '.join(choices)}"
+
+
+def widths(name: str, value: tuple[int, ...]) -> str | None:
+    if value and all(1 <= width <= MAX_WIDTH for width in value):
+        return None
+    return f"{name} must be 1 to {MAX_LAYERS} widths, each in [1, {MAX_WIDTH:,}], got {value}"
+
+
+# --- the parts ------------------------------------------------------------------------------------------
+class Part:
+    """A dataclass of hyperparameters that checks its own fields (`problems`)."""
+
+    def problems(self) -> list[str]:
+        """What is wrong with the values: each field's check, then rules across fields (subclasses add them)."""
+        found = []
+        for spec in dataclasses.fields(self):
+            check = spec.metadata["check"]
+            problem = check(spec.name, getattr(self, spec.name)) if check else None
+            if problem:
+                found.append(problem)
+        return found
+
 
 @dataclass
-class PolicyConfig:
-    """Fields every algorithm shares: the policy it trains and the run's basics."""
+class RunConfig(Part):
+    """What every run has, whatever it trains."""
 
-    seed: int = 0
-    """Seed of torch, numpy and the environments."""
-    gamma: float = 0.99
-    """Discount factor."""
-    policy_hidden_sizes: tuple[int, ...] = (256, 256)
-    """Widths of the policy network (of f_theta for the diffusion chain)."""
-    policy_activation: str = "relu"
-    """Activation of the policy network: relu, gelu, tanh, silu or mish."""
-    normalize_obs: bool = False
-    """Normalise observations by running mean/std; the statistics are saved and exported with the policy."""
-    log_std_init: float = 0.0
-    """Gaussian policy: initial log standard deviation."""
-    state_dependent_std: bool = True
-    """Gaussian policy: std from a network head (SAC) rather than one free parameter (PPO)."""
-    diffusion_steps: int = 8
-    """Diffusion policy: number of denoising steps K."""
-    prior_std: float = 1.0
-    """Diffusion policy: standard deviation sigma_0 of the prior N(0, sigma_0^2)."""
-    step_size_max: float = 0.1
-    """Diffusion policy: step size eta of the first denoising step (linear schedule)."""
-    step_size_min: float = 0.01
-    """Diffusion policy: step size eta of the last denoising step."""
-    learn_step_size: bool = True
-    """Diffusion policy: learn eta per step and action dimension."""
+    seed: int = hyperparameter(0, "Seed of torch, numpy and the environments.", between(0, 2**32 - 1))
 
 
 @dataclass
-class SACConfig(PolicyConfig):
+class AlgorithmConfig(Part):
+    """What every algorithm shares."""
+
+    on_policy: ClassVar[bool] = False
+    """Whether it learns from rollouts of the current policy (PPO), not from a replay buffer."""
+
+    gamma: float = hyperparameter(0.99, "Discount factor.", fraction)
+
+    @property
+    def fixed_temperature(self) -> float | None:
+        """The temperature alpha when the config fixes it, None when training tunes it."""
+        raise NotImplementedError
+
+
+@dataclass
+class OffPolicyConfig(AlgorithmConfig):
+    """SAC's replay buffer, twin critics and tuned temperature, which WPO shares."""
+
+    buffer_size: int = hyperparameter(1_000_000, "Replay buffer capacity in transitions.", between(1, 100_000_000))
+    learning_starts: int = hyperparameter(5000, "Environment steps of uniform random actions before learning starts.",
+                                          between(0, 100_000_000))
+    batch_size: int = hyperparameter(256, "Transitions per gradient step.", between(1, 1_000_000))
+    gradient_steps: int = hyperparameter(1, "Gradient steps per environment step (update-to-data ratio).",
+                                         between(1, 1000))
+    actor_lr: float = hyperparameter(3e-4, "Adam learning rate of the policy.", positive)
+    critic_lr: float = hyperparameter(3e-4, "Adam learning rate of the critics.", positive)
+    alpha_lr: float = hyperparameter(3e-4, "Adam learning rate of the temperature.", positive)
+    tau: float = hyperparameter(0.005, "Polyak rate of the target critics.", rate)
+    num_critics: int = hyperparameter(2, "Critics in the ensemble; targets and the actor use their minimum.",
+                                      between(1, 100))
+    critic_hidden_sizes: tuple[int, ...] = hyperparameter((256, 256), "Widths of each critic.", widths)
+    critic_layer_norm: bool = hyperparameter(False, "LayerNorm after each critic hidden layer.")
+    alpha_init: float = hyperparameter(1.0, "Initial temperature alpha.", positive)
+    autotune_alpha: bool = hyperparameter(True, "Tune alpha so that the entropy estimate -E[L] tracks the target "
+                                                "entropy.")
+    target_entropy_scale: float = hyperparameter(1.0, "Target entropy is -target_entropy_scale * dim(A).")
+    calibrate_entropy: bool = hyperparameter(True, "Tune alpha on the policy's entropy, -E[L] plus its measured gap "
+                                                   "to it (a chain's -E[L] is a lower bound), not on -E[L].")
+
+    @property
+    def fixed_temperature(self) -> float | None:
+        return None if self.autotune_alpha else self.alpha_init
+
+
+@dataclass
+class SACConfig(OffPolicyConfig):
     """SAC, and DiffSAC when the policy is a diffusion chain (docs/algorithms.md, section 4)."""
 
-    buffer_size: int = 1_000_000
-    """Replay buffer capacity in transitions."""
-    learning_starts: int = 5000
-    """Environment steps of uniform random actions before learning starts."""
-    batch_size: int = 256
-    """Transitions per gradient step."""
-    gradient_steps: int = 1
-    """Gradient steps per environment step (update-to-data ratio)."""
-    actor_lr: float = 3e-4
-    """Adam learning rate of the policy."""
-    critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    alpha_lr: float = 3e-4
-    """Adam learning rate of the temperature."""
-    tau: float = 0.005
-    """Polyak rate of the target critics."""
-    num_critics: int = 2
-    """Critics in the ensemble; targets and the actor use their minimum."""
-    critic_hidden_sizes: tuple[int, ...] = (256, 256)
-    """Widths of each critic."""
-    critic_layer_norm: bool = False
-    """LayerNorm after each critic hidden layer."""
-    alpha_init: float = 1.0
-    """Initial temperature alpha."""
-    autotune_alpha: bool = True
-    """Tune alpha so that the entropy estimate -E[L] tracks the target entropy."""
-    target_entropy_scale: float = 1.0
-    """Target entropy is -target_entropy_scale * dim(A)."""
-    calibrate_entropy: bool = True
-    """Tune alpha on the policy's entropy, -E[L] plus its measured gap to it (a chain's -E[L] is a lower bound), not on -E[L]."""
-    actor_gradient: str = "pathwise"
-    """Actor gradient estimator: 'pathwise' (backprop through the chain) or 'lv' (log-variance, past terms cancelled)."""
-    lv_chains: int = 8
-    """'lv' estimator: chains sampled per state for the leave-one-out baseline."""
+    actor_gradient: str = hyperparameter("pathwise", "Actor gradient estimator: 'pathwise' (backprop through the "
+                                         "chain) or 'lv' (log-variance, past terms cancelled).",
+                                         one_of("pathwise", "lv"))
+    lv_chains: int = hyperparameter(8, "'lv' estimator: chains sampled per state for the leave-one-out baseline.",
+                                    between(1, 65_536))
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        if self.actor_gradient == "lv" and self.lv_chains < 2:
+            found.append("actor_gradient='lv' needs lv_chains >= 2 for its leave-one-out baseline")
+        return found
 
 
 @dataclass
-class PPOConfig(PolicyConfig):
+class WPOConfig(OffPolicyConfig):
+    """WPO, and DiffWPO when the policy is a diffusion chain (docs/algorithms.md, section 4).
+
+    SAC's replay buffer, critics, temperature and loop with the Wasserstein policy update as the actor loss.
+    """
+
+    kl_bound: float = hyperparameter(0.1, "Trust region: KL(old || new) of the denoising path per state, above which "
+                                          "an adaptive penalty acts.", positive)
+    kl_penalty_init: float = hyperparameter(1.0, "Initial weight of the KL penalty; a dual variable tunes it toward "
+                                                 "kl_bound.", positive)
+    kl_penalty_lr: float = hyperparameter(1e-2, "Adam learning rate of the log of the KL penalty weight.", positive)
+    target_policy_tau: float = hyperparameter(0.005, "Polyak rate of the old policy that the KL is measured against.",
+                                              rate)
+    fisher_preconditioning: bool = hyperparameter(
+        True, "Natural gradient as in the WPO paper and acme: each kernel's mean gradient times sigma^2, its log "
+              "std's times sigma^2/2 (docs/algorithms.md, \"WPO's preconditioning\").")
+
+
+@dataclass
+class PPOConfig(AlgorithmConfig):
     """PPO, and DiffPPO when the policy is a diffusion chain (docs/algorithms.md, section 4).
 
     Defaults follow CleanRL's and SB3's PPO for MuJoCo.
     """
 
-    num_envs: int = 1
-    """Environments stepped in lockstep (a gymnasium SyncVectorEnv)."""
-    rollout_steps: int = 2048
-    """Steps per environment in one rollout; each update sees rollout_steps * num_envs transitions."""
-    num_epochs: int = 10
-    """Passes over each rollout."""
-    num_minibatches: int = 32
-    """Minibatches per epoch."""
-    learning_rate: float = 3e-4
-    """Adam learning rate of the policy and the value network."""
-    anneal_lr: bool = True
-    """Decay the learning rate linearly to 0 over the step budget of `learn`."""
-    gae_lambda: float = 0.95
-    """lambda of generalised advantage estimation."""
-    clip_range: float = 0.2
-    """Clip every per-step ratio q_theta / q_old to [1 - clip_range, 1 + clip_range]."""
-    value_clip_range: float = 0.0
-    """Clip new value predictions to within this of the rollout's; 0 turns value clipping off."""
-    normalize_advantages: bool = True
-    """Normalise the per-step advantages of each minibatch to zero mean and unit std."""
-    value_coef: float = 0.5
-    """Weight of the value loss in the joint loss."""
-    max_grad_norm: float = 0.5
-    """Clip the global gradient norm of policy and value network to this."""
-    alpha: float = 2e-4
-    """Fixed temperature: rollouts are scored on the soft reward r - alpha * L (the authors' DiffPPO value)."""
-    cancel_past: bool = False
-    """Weight denoising step k by A_t + alpha (log p_0(x_0) + sum_{j<k} l_j), not A_t; off: it raised variance."""
-    per_step_baseline: bool = False
-    """Baseline denoising step k by a critic V(s, x_k, k): GAE over the chain's sub-steps (ppo.py); cancels the past."""
-    scale_rewards: bool = True
-    """Divide rewards by the running std of the discounted return; its statistics are checkpointed."""
-    value_hidden_sizes: tuple[int, ...] = (64, 64)
-    """Widths of the value network V(s)."""
-    value_activation: str = "tanh"
-    """Activation of the value network (its own: PPO and DiffPPO share it while their policies differ)."""
+    on_policy: ClassVar[bool] = True
+
+    num_envs: int = hyperparameter(1, "Environments stepped in lockstep (a gymnasium SyncVectorEnv).",
+                                   between(1, 1024))
+    rollout_steps: int = hyperparameter(2048, "Steps per environment in one rollout; each update sees rollout_steps "
+                                              "* num_envs transitions.", between(1, 1_000_000))
+    num_epochs: int = hyperparameter(10, "Passes over each rollout.", between(1, 1000))
+    num_minibatches: int = hyperparameter(32, "Minibatches per epoch.", between(1, 1_000_000))
+    learning_rate: float = hyperparameter(3e-4, "Adam learning rate of the policy and the value network.", positive)
+    anneal_lr: bool = hyperparameter(True, "Decay the learning rate linearly to 0 over the step budget of `learn`.")
+    gae_lambda: float = hyperparameter(0.95, "lambda of generalised advantage estimation.", fraction)
+    clip_range: float = hyperparameter(0.2, "Clip every per-step ratio q_theta / q_old to [1 - clip_range, 1 + "
+                                            "clip_range].", positive)
+    value_clip_range: float = hyperparameter(0.0, "Clip new value predictions to within this of the rollout's; 0 "
+                                                  "turns value clipping off.", non_negative)
+    normalize_advantages: bool = hyperparameter(True, "Normalise the per-step advantages of each minibatch to zero "
+                                                      "mean and unit std.")
+    value_coef: float = hyperparameter(0.5, "Weight of the value loss in the joint loss.", non_negative)
+    max_grad_norm: float = hyperparameter(0.5, "Clip the global gradient norm of policy and value network to this.",
+                                          positive)
+    alpha: float = hyperparameter(2e-4, "Fixed temperature: rollouts are scored on the soft reward r - alpha * L (the "
+                                        "authors' DiffPPO value).", non_negative)
+    cancel_past: bool = hyperparameter(False, "Weight denoising step k by A_t + alpha (log p_0(x_0) + sum_{j<k} l_j), "
+                                              "not A_t; off: it raised variance.")
+    per_step_baseline: bool = hyperparameter(False, "Baseline denoising step k by a critic V(s, x_k, k): GAE over the "
+                                                    "chain's sub-steps (ppo.py); cancels the past.")
+    scale_rewards: bool = hyperparameter(True, "Divide rewards by the running std of the discounted return; its "
+                                               "statistics are checkpointed.")
+    value_hidden_sizes: tuple[int, ...] = hyperparameter((64, 64), "Widths of the value network V(s).", widths)
+    value_activation: str = hyperparameter("tanh", "Activation of the value network (its own: PPO and DiffPPO share "
+                                                   "it while their policies differ).", one_of(*ACTIVATIONS))
+
+    @property
+    def fixed_temperature(self) -> float | None:
+        return self.alpha
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        transitions = self.rollout_steps * self.num_envs
+        if transitions > MAX_ROLLOUT:
+            found.append(f"a rollout of rollout_steps * num_envs = {transitions:,} transitions exceeds "
+                         f"{MAX_ROLLOUT:,}; lower one of them")
+        elif self.num_minibatches > transitions:
+            found.append(f"num_minibatches={self.num_minibatches} exceeds the rollout's {transitions} transitions; "
+                         "lower it or raise rollout_steps")
+        return found
 
 
 @dataclass
-class WPOConfig(SACConfig):
-    """WPO, and DiffWPO when the policy is a diffusion chain (docs/algorithms.md, section 4).
+class PolicyConfig(Part):
+    """What every policy family shares. A family's defaults suit off-policy training; `preset` gives them for
+    an algorithm, with the family's ON_POLICY changes for PPO."""
 
-    SAC's replay buffer, critics, temperature and loop with the Wasserstein policy update as the
-    actor loss (SAC's actor_gradient and lv_chains are unused).
-    """
+    family: ClassVar[str]
+    """The family's name in config.json and the ONNX metadata."""
+    ON_POLICY: ClassVar[dict[str, Any]]
 
-    kl_bound: float = 0.1
-    """Trust region: KL(old || new) of the denoising path per state, above which an adaptive penalty acts."""
-    kl_penalty_init: float = 1.0
-    """Initial weight of the KL penalty; a dual variable tunes it toward kl_bound."""
-    kl_penalty_lr: float = 1e-2
-    """Adam learning rate of the log of the KL penalty weight."""
-    target_policy_tau: float = 0.005
-    """Polyak rate of the old policy that the KL is measured against."""
-    fisher_preconditioning: bool = True
-    """Natural gradient as in the WPO paper and acme: each kernel's mean gradient times sigma^2, its log std's times
-    sigma^2/2 (docs/algorithms.md, "WPO's preconditioning")."""
+    normalize_obs: bool = hyperparameter(False, "Normalise observations by running mean/std; the statistics are "
+                                                "saved and exported with the policy.")
+
+    @classmethod
+    def preset(cls, algorithm: type[AlgorithmConfig]) -> PolicyConfig:
+        """This family's defaults for `algorithm`."""
+        return cls(**cls.ON_POLICY) if algorithm.on_policy else cls()
 
 
-# What a diffusion algorithm may set differently from its Gaussian base: the policy and nothing else.
-# tests/test_config.py holds every Diff* config to it, so a comparison changes the policy only.
-POLICY_FIELDS = frozenset({"policy_hidden_sizes", "policy_activation", "log_std_init", "state_dependent_std",
-                           "diffusion_steps", "prior_std", "step_size_max", "step_size_min", "learn_step_size"})
-BASE_ALGORITHM = {"diffsac": "sac", "diffppo": "ppo", "diffwpo": "wpo"}
+@dataclass
+class GaussianPolicyConfig(PolicyConfig):
+    """The tanh-Gaussian policy: SAC's, PPO's and WPO's."""
+
+    family: ClassVar[str] = "gaussian"
+    # CleanRL's and SB3's PPO for MuJoCo: a small tanh network, one free log std, normalised observations
+    ON_POLICY: ClassVar[dict[str, Any]] = {"policy_hidden_sizes": (64, 64), "policy_activation": "tanh",
+                                           "normalize_obs": True, "state_dependent_std": False}
+
+    policy_hidden_sizes: tuple[int, ...] = hyperparameter((256, 256), "Widths of the policy network (mean and std heads).", widths)
+    policy_activation: str = hyperparameter("relu", "Activation of the policy network.", one_of(*ACTIVATIONS))
+    log_std_init: float = hyperparameter(0.0, "Gaussian policy: initial log standard deviation.")
+    state_dependent_std: bool = hyperparameter(True, "Gaussian policy: std from a network head (SAC) rather than one "
+                                                     "free parameter (PPO).")
 
 
+@dataclass
+class DiffusionPolicyConfig(PolicyConfig):
+    """The diffusion chain: DiffSAC's, DiffPPO's and DiffWPO's (docs/algorithms.md, section 2)."""
+
+    family: ClassVar[str] = "diffusion"
+    # PPO's network width, as its Gaussian's, and normalised observations
+    ON_POLICY: ClassVar[dict[str, Any]] = {"policy_hidden_sizes": (64, 64), "normalize_obs": True}
+
+    # f_theta runs K times per action, so its width sets the chain's cost: at (128, 128) and K = 8 a
+    # DiffSAC update costs about what SAC's does at (256, 256) on a CPU (README, "Measured here").
+    policy_hidden_sizes: tuple[int, ...] = hyperparameter((128, 128), "Diffusion policy: widths of f_theta, the drift "
+                                                                      "network each denoising step runs.", widths)
+    policy_activation: str = hyperparameter("gelu", "Diffusion policy: activation of f_theta.",
+                                            one_of(*ACTIVATIONS))
+    diffusion_steps: int = hyperparameter(8, "Diffusion policy: number of denoising steps K.", between(1, 1000))
+    prior_std: float = hyperparameter(1.0, "Diffusion policy: standard deviation sigma_0 of the prior N(0, "
+                                                  "sigma_0^2).", positive)
+    step_size_max: float = hyperparameter(0.1, "Diffusion policy: step size eta of the first denoising step (linear "
+                                                      "schedule).", positive)
+    step_size_min: float = hyperparameter(0.01, "Diffusion policy: step size eta of the last denoising step.",
+                                          positive)
+    learn_step_size: bool = hyperparameter(True, "Diffusion policy: learn eta per step and action dimension.")
+
+
+@dataclass
+class Config:
+    """One algorithm's hyperparameters: the run's, its policy family's and its update's."""
+
+    run: RunConfig
+    policy: PolicyConfig
+    algorithm: AlgorithmConfig
+
+    def items(self) -> Iterator[tuple[dataclasses.Field, Any]]:
+        """(field, value) of every hyperparameter, part by part."""
+        for part in (self.run, self.policy, self.algorithm):
+            for spec in dataclasses.fields(part):
+                yield spec, getattr(part, spec.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat name -> value, JSON-ready (tuples become lists): what config.json holds."""
+        return {spec.name: list(value) if isinstance(value, tuple) else value for spec, value in self.items()}
+
+
+# --- the registry ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AlgoSpec:
-    """An algorithm name: which config and update it uses, and which policy it trains."""
+    """An algorithm name: its family, which update and which policy it trains."""
 
-    config_class: type[PolicyConfig]
-    policy: str
-    defaults: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
+    family: str
+    """The Gaussian algorithm of its family: the baseline a diffusion algorithm is compared with, whose
+    published results the benchmark shows beside it."""
+    algorithm: type[AlgorithmConfig]
+    policy: type[PolicyConfig]
+    description: str
 
-
-# f_theta runs K times per action, so its width sets the cost of a diffusion policy: at (128, 128)
-# and K = 8 a DiffSAC update costs about what SAC's does at (256, 256) on a CPU (README, "Throughput").
-DIFFUSION_DEFAULTS = {"policy_activation": "gelu", "policy_hidden_sizes": (128, 128)}
 
 ALGORITHMS: dict[str, AlgoSpec] = {
-    "sac": AlgoSpec(SACConfig, "gaussian", {}, "Soft Actor-Critic with a tanh-Gaussian policy"),
-    "diffsac": AlgoSpec(SACConfig, "diffusion", DIFFUSION_DEFAULTS,
+    "sac": AlgoSpec("sac", SACConfig, GaussianPolicyConfig, "Soft Actor-Critic with a tanh-Gaussian policy"),
+    "diffsac": AlgoSpec("sac", SACConfig, DiffusionPolicyConfig,
                         "SAC with a diffusion-chain policy, log pi replaced by the path log-ratio L"),
-    "ppo": AlgoSpec(PPOConfig, "gaussian", {"policy_hidden_sizes": (64, 64), "policy_activation": "tanh",
-                                            "normalize_obs": True, "state_dependent_std": False},
+    "ppo": AlgoSpec("ppo", PPOConfig, GaussianPolicyConfig,
                     "PPO-clip with GAE and a tanh-Gaussian policy with a state-independent std"),
-    "diffppo": AlgoSpec(PPOConfig, "diffusion", {"policy_hidden_sizes": (64, 64), "policy_activation": "gelu",
-                                                 "normalize_obs": True},
+    "diffppo": AlgoSpec("ppo", PPOConfig, DiffusionPolicyConfig,
                         "PPO with a diffusion-chain policy: per-step clipped ratios, soft reward r - alpha L"),
-    "wpo": AlgoSpec(WPOConfig, "gaussian", {},
+    "wpo": AlgoSpec("wpo", WPOConfig, GaussianPolicyConfig,
                     "Wasserstein Policy Optimisation on SAC's critics, with a KL trust region"),
-    "diffwpo": AlgoSpec(WPOConfig, "diffusion", DIFFUSION_DEFAULTS,
+    "diffwpo": AlgoSpec("wpo", WPOConfig, DiffusionPolicyConfig,
                         "WPO with a diffusion-chain policy: per-step Wasserstein signals of the soft value"),
-}
-
-CHOICES = {
-    "policy_activation": ("relu", "gelu", "tanh", "silu", "mish"),
-    "value_activation": ("relu", "gelu", "tanh", "silu", "mish"),
-    "actor_gradient": ("pathwise", "lv"),
 }
 
 
@@ -205,26 +344,55 @@ def algo_spec(algo: str) -> AlgoSpec:
         raise ConfigError(f"unknown algorithm {algo!r}; choose one of: {', '.join(ALGORITHMS)}") from None
 
 
-def config_fields(config_class: type[PolicyConfig]) -> dict[str, type]:
-    """Name -> type of every field of a config class."""
-    hints = typing.get_type_hints(config_class)
-    return {f.name: hints[f.name] for f in dataclasses.fields(config_class)}
+def _field_types(spec: AlgoSpec) -> dict[str, tuple[type[Part], Any]]:
+    """Name -> (the part that owns it, its type) of every hyperparameter of an algorithm."""
+    owners = {}
+    for part in (RunConfig, spec.policy, spec.algorithm):
+        hints = typing.get_type_hints(part)
+        owners.update({f.name: (part, hints[f.name]) for f in dataclasses.fields(part)})
+    return owners
 
 
-def field_docs(config_class: type[PolicyConfig]) -> dict[str, str]:
-    """Name -> the docstring under each field (for --help, the model card and error messages)."""
-    import ast
-    import inspect
+def users(name: str) -> list[str]:
+    """The algorithms that have a hyperparameter `name`."""
+    return [algo for algo, spec in ALGORITHMS.items() if name in _field_types(spec)]
 
-    docs: dict[str, str] = {}
-    for cls in reversed(config_class.__mro__):
-        if not dataclasses.is_dataclass(cls) or cls is AlgoSpec:
-            continue
-        body = ast.parse(inspect.getsource(cls)).body[0].body
-        for node, nxt in zip(body, body[1:]):
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = str(nxt.value.value)
-    return docs
+
+def make_config(algo: str, overrides: dict[str, Any] | None = None) -> Config:
+    """The validated config of `algo`: its parts' defaults with `overrides` (flat names) applied."""
+    spec = algo_spec(algo)
+    owners = _field_types(spec)
+    values: dict[type[Part], dict[str, Any]] = {RunConfig: {}, spec.policy: {}, spec.algorithm: {}}
+    for name, raw in (overrides or {}).items():
+        if name not in owners:
+            raise ConfigError(_not_a_field(algo, name, owners))
+        part, kind = owners[name]
+        values[part][name] = parse_value(name, kind, raw)
+    config = Config(RunConfig(**values[RunConfig]),
+                    dataclasses.replace(spec.policy.preset(spec.algorithm), **values[spec.policy]),
+                    spec.algorithm(**values[spec.algorithm]))
+    problems = [problem for part in (config.run, config.policy, config.algorithm) for problem in part.problems()]
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    return config
+
+
+def _not_a_field(algo: str, name: str, owners: dict[str, Any]) -> str:
+    """Why `name` is not a hyperparameter of `algo`: another algorithm's, or a name of none (with a guess)."""
+    others = users(name)
+    if others:
+        return (f"{algo} does not use {name!r}: it is a hyperparameter of {', '.join(others)} only. Remove it, or "
+                f"train one of those.")
+    close = difflib.get_close_matches(name, owners, n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid names: {', '.join(owners)}."
+    return f"{algo} has no hyperparameter {name!r}.{hint}"
+
+
+def applicable(algo: str, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` without the names that only other algorithms use (a name of none is kept, for make_config to
+    refuse). Format 1 config.json files listed every field of one flat config, used or not."""
+    owners = _field_types(algo_spec(algo))
+    return {name: value for name, value in values.items() if name in owners or not users(name)}
 
 
 def parse_value(name: str, kind: type, raw: Any) -> Any:
@@ -281,22 +449,6 @@ def cli_value(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def make_config(algo: str, overrides: dict[str, Any] | None = None) -> PolicyConfig:
-    """The validated config of `algo` with the registry's defaults and `overrides` applied."""
-    spec = algo_spec(algo)
-    fields = config_fields(spec.config_class)
-    values = dict(spec.defaults)
-    for name, raw in (overrides or {}).items():
-        if name not in fields:
-            close = difflib.get_close_matches(name, fields, n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else f" Valid names: {', '.join(fields)}."
-            raise ConfigError(f"{algo} has no hyperparameter {name!r}.{hint}")
-        values[name] = parse_value(name, fields[name], raw)
-    config = spec.config_class(**values)
-    validate(config)
-    return config
-
-
 def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
     """['key=value', ...] -> {'key': 'value'}; the values are parsed by `make_config`."""
     overrides = {}
@@ -306,65 +458,3 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, str]:
             raise ConfigError(f"override {pair!r} is not of the form key=value (e.g. --set batch_size=512)")
         overrides[key.strip()] = value.strip()
     return overrides
-
-
-# Sizes a config may ask for. They bound what building an agent allocates, so a hostile or mistyped
-# value (an artifact's diffusion_steps = 1e7, --set batch_size=1e20) is refused with a message rather
-# than dying in an allocation; each is far beyond any setting this project or the paper uses.
-MAX_WIDTH = 8192
-MAX_LAYERS = 16
-INT_RANGES = {
-    "seed": (0, 2**32 - 1), "diffusion_steps": (1, 1000), "buffer_size": (1, 100_000_000),
-    "learning_starts": (0, 100_000_000), "batch_size": (1, 1_000_000), "gradient_steps": (1, 1000),
-    "num_critics": (1, 100), "lv_chains": (1, 65_536), "num_envs": (1, 1024), "rollout_steps": (1, 1_000_000),
-    "num_epochs": (1, 1000), "num_minibatches": (1, 1_000_000),
-}
-
-
-def validate(config: PolicyConfig) -> None:
-    """Range and choice checks, all in one place (every float is already finite: `parse_value`)."""
-    problems = []
-    for name, choices in CHOICES.items():
-        value = getattr(config, name, None)
-        if value is not None and value not in choices:
-            problems.append(f"{name}={value!r} must be one of {', '.join(choices)}")
-    for name, (low, high) in INT_RANGES.items():
-        value = getattr(config, name, None)
-        if value is not None and not low <= value <= high:
-            problems.append(f"{name} must lie in [{low:,}, {high:,}], got {value:,}")
-    if not 0.0 <= config.gamma <= 1.0:
-        problems.append(f"gamma must lie in [0, 1], got {config.gamma}")
-    for name in ("prior_std", "step_size_max", "step_size_min", "actor_lr", "critic_lr", "alpha_lr", "alpha_init"):
-        if getattr(config, name, 1.0) <= 0:
-            problems.append(f"{name} must be positive, got {getattr(config, name)}")
-    if hasattr(config, "tau") and not 0.0 < config.tau <= 1.0:
-        problems.append(f"tau must lie in (0, 1], got {config.tau}")
-    for name in ("learning_rate", "clip_range", "max_grad_norm", "kl_bound", "kl_penalty_init", "kl_penalty_lr"):
-        if getattr(config, name, 1.0) <= 0:
-            problems.append(f"{name} must be positive, got {getattr(config, name)}")
-    for name in ("alpha", "value_clip_range", "value_coef"):
-        if getattr(config, name, 0.0) < 0:
-            problems.append(f"{name} must be 0 or more, got {getattr(config, name)}")
-    if hasattr(config, "gae_lambda") and not 0.0 <= config.gae_lambda <= 1.0:
-        problems.append(f"gae_lambda must lie in [0, 1], got {config.gae_lambda}")
-    if hasattr(config, "target_policy_tau") and not 0.0 < config.target_policy_tau <= 1.0:
-        problems.append(f"target_policy_tau must lie in (0, 1], got {config.target_policy_tau}")
-    if hasattr(config, "rollout_steps") and config.rollout_steps * config.num_envs > 10_000_000:
-        problems.append(f"a rollout of rollout_steps * num_envs = {config.rollout_steps * config.num_envs:,} transitions "
-                        "exceeds 10,000,000; lower one of them")
-    if hasattr(config, "num_minibatches") and config.num_minibatches > config.rollout_steps * config.num_envs:
-        problems.append(f"num_minibatches={config.num_minibatches} exceeds the rollout's "
-                        f"{config.rollout_steps * config.num_envs} transitions; lower it or raise rollout_steps")
-    for name in ("policy_hidden_sizes", "critic_hidden_sizes", "value_hidden_sizes"):
-        widths = getattr(config, name, None)
-        if widths is not None and (not widths or not all(1 <= w <= MAX_WIDTH for w in widths)):
-            problems.append(f"{name} must be 1 to {MAX_LAYERS} widths, each in [1, {MAX_WIDTH:,}], got {widths}")
-    if getattr(config, "actor_gradient", None) == "lv" and config.lv_chains < 2:
-        problems.append("actor_gradient='lv' needs lv_chains >= 2 for its leave-one-out baseline")
-    if problems:
-        raise ConfigError("invalid config: " + "; ".join(problems))
-
-
-def config_to_dict(config: PolicyConfig) -> dict[str, Any]:
-    """JSON-ready dict of a config (tuples become lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -2,7 +2,7 @@
 
 An *artifact* is a directory (and a Hugging Face Hub repository): `config.json` with the format
 version, algorithm, env and config, and `model.safetensors` with the policy's weights and
-observation statistics. A *checkpoint* is the resumable training state beside it in
+observation statistics; `load_pretrained` reads one from a path or downloads it by repo id. A *checkpoint* is the resumable training state beside it in
 `checkpoints/`: the same two formats, written to a temporary folder and renamed into place so a
 kill mid-write leaves the previous checkpoint intact.
 """
@@ -24,17 +24,21 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from diffagent.errors import ArtifactError, DiffAgentError
+from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
+from serve.contract import ModelLoadError
+from serve.hub import download, is_local_path, repo_id_problem
 
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; training into one directory twice is on the user
     fcntl = None
 
-FORMAT_VERSION = 1
+# Version 2: config.json lists only the hyperparameters its algorithm uses. Version 1 listed every field
+# of one flat config, those the algorithm ignored included; loading drops those (config.applicable), as
+# they did nothing. The ONNX graph has its own version, serve's (serve/contract.py).
+FORMAT_VERSION = 2
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-ONNX_FILE = "policy.onnx"
 RESULTS_FILE = "results.json"
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"  # in CHECKPOINT_DIR: names the last complete checkpoint
@@ -200,6 +204,46 @@ def load_artifact(directory: str | Path, root: str | Path | None = None) -> tupl
         raise ArtifactError(f"{directory / CONFIG_FILE} must hold a JSON object; it is corrupted.")
     check_format_version(meta, directory / CONFIG_FILE)
     return meta, read_safetensors(contained(directory / WEIGHTS_FILE, root), "cannot load agent")
+
+
+# What loading an artifact downloads from the Hub: data formats only, never code or pickles.
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.onnx", "*.md"]
+
+
+def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = None
+                    ) -> tuple[dict, dict[str, torch.Tensor], str]:
+    """(config.json contents, policy tensors, a name for messages) of a local artifact or a Hub repo.
+
+    An existing directory is loaded as is. A `pathlib.Path`, or a string that looks like a path
+    (./x, /x, ~/x, a/b/c, or a/b where a/ exists), is never looked up on the Hub. `org/name` is
+    downloaded at `revision` (branch, tag or commit hash; default main) into the Hub cache.
+    """
+    text = os.fspath(path_or_repo_id)
+    local = Path(text).expanduser()
+    if local.exists() or isinstance(path_or_repo_id, os.PathLike) or is_local_path(text):
+        if not local.exists():
+            raise ArtifactError(f"no agent at {text}: the directory does not exist. It looks like a local path, "
+                                "so it was not looked up on the Hub (a Hub repo id has the form org/name).")
+        if revision is not None:
+            raise ConfigError(f"revision={revision!r} applies to Hub repos only; {text} is a local directory.")
+        meta, weights = load_artifact(local)
+        return meta, weights, text
+    problem = repo_id_problem(text)
+    if problem:
+        raise ArtifactError(f"no agent at {text}: it is not an existing directory, and {text!r} is not a valid "
+                            f"Hugging Face repo id: {problem}.")
+    source = text if revision is None else f"{text}@{revision}"
+    try:
+        directory = download(text, DOWNLOAD_PATTERNS, revision)
+    except ModelLoadError as err:
+        raise ArtifactError(str(err)) from None
+    try:
+        meta, weights = load_artifact(directory, root=directory.parents[1])  # snapshot files link into ../../blobs
+    except ArtifactError as err:
+        raise ArtifactError(f"{source} on the Hub: {err} If the repository's copy is broken, push the agent "
+                            f"again (diffagent push); if only your cached copy is, delete it with "
+                            f"`hf cache rm model/{text}` and load again.") from None
+    return meta, weights, source
 
 
 # --- checkpoints -----------------------------------------------------------------------------------

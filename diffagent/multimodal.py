@@ -24,6 +24,8 @@ from typing import Any, Mapping, Protocol, Sequence
 import gymnasium as gym
 import numpy as np
 
+from diffagent.errors import ConfigError, InputError
+
 ENV_ID = "diffagent/FourPeaks-v0"
 UNEQUAL_ENV_ID = "diffagent/UnequalPeaks-v0"
 UNEQUAL_HEIGHTS = (1.0, 0.92, 0.86, 0.81)
@@ -58,15 +60,15 @@ class FourPeaksBandit(gym.Env):
                  heights: Sequence[float] | None = None):
         self.centres = np.array(centres, dtype=np.float64)
         if self.centres.ndim != 2 or self.centres.shape[1] != 2 or len(self.centres) == 0:
-            raise ValueError(f"centres must be a list of (x, y) pairs, got shape {self.centres.shape}")
+            raise ConfigError(f"centres must be a list of (x, y) pairs, got shape {self.centres.shape}")
         if np.any(np.abs(self.centres) > 1.0):
-            raise ValueError(f"every centre must lie in the action box [-1, 1]^2, got {self.centres.tolist()}")
+            raise ConfigError(f"every centre must lie in the action box [-1, 1]^2, got {self.centres.tolist()}")
         if not width > 0:
-            raise ValueError(f"width must be positive, got {width}")
+            raise ConfigError(f"width must be positive, got {width}")
         self.width = float(width)
         self.heights = np.ones(len(self.centres)) if heights is None else np.array(heights, dtype=np.float64)
         if self.heights.shape != (len(self.centres),) or not np.all(self.heights > 0):
-            raise ValueError(f"heights must be one positive number per centre ({len(self.centres)}), "
+            raise ConfigError(f"heights must be one positive number per centre ({len(self.centres)}), "
                              f"got {np.asarray(heights).tolist()}")
         # low == high would be exact but makes gymnasium's env checker warn; the obs is always 0 all the same
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
@@ -85,7 +87,7 @@ class FourPeaksBandit(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         action = np.asarray(action, dtype=np.float64)
         if action.shape != (2,):
-            raise ValueError(f"FourPeaksBandit takes one action of shape (2,), got shape {action.shape}")
+            raise InputError(f"FourPeaksBandit takes one action of shape (2,), got shape {action.shape}")
         # the reward landscape is defined on the box only, as the action space says
         reward = float(self.reward(np.clip(action, -1.0, 1.0)))
         return np.zeros(1, dtype=np.float32), reward, True, False, {}
@@ -107,7 +109,7 @@ _register_bandits()  # on import, which `import diffagent` does
 def make_bandit(env_id: str) -> FourPeaksBandit:
     """A fresh bandit of a registered id of BANDITS, e.g. to score or plot agents trained on it."""
     if env_id not in BANDITS:
-        raise ValueError(f"{env_id!r} is not one of the multimodal bandits {list(BANDITS)}; for a bandit of your "
+        raise ConfigError(f"{env_id!r} is not one of the multimodal bandits {list(BANDITS)}; for a bandit of your "
                          "own, pass bandit=FourPeaksBandit(...)")
     return FourPeaksBandit(**BANDITS[env_id])
 
@@ -177,7 +179,7 @@ def boltzmann_targets(alpha: float, bandit: FourPeaksBandit | None = None, radiu
     Returns an array of len(centres) + 1 that sums to 1.
     """
     if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+        raise ConfigError(f"alpha must be >= 0, got {alpha}")
     bandit = FourPeaksBandit() if bandit is None else bandit
     low, high = bandit.action_space.low.astype(np.float64), bandit.action_space.high.astype(np.float64)
     axes = [lo + (hi - lo) * (np.arange(grid_size) + 0.5) / grid_size for lo, hi in zip(low, high)]
@@ -200,7 +202,7 @@ def sample_actions(agent: ActingAgent, samples: int = 10_000, seed: int = 0,
     same actions.
     """
     if samples < 1:
-        raise ValueError(f"samples must be positive, got {samples}")
+        raise ConfigError(f"samples must be positive, got {samples}")
     bandit = FourPeaksBandit() if bandit is None else bandit
     noise = np.random.default_rng(seed).standard_normal(agent.policy.noise_shape(samples), dtype=np.float32)
     obs = np.zeros((min(samples, _SAMPLE_CHUNK),) + bandit.observation_space.shape, dtype=np.float32)
@@ -208,30 +210,20 @@ def sample_actions(agent: ActingAgent, samples: int = 10_000, seed: int = 0,
               for start in range(0, samples, _SAMPLE_CHUNK)]
     actions = np.concatenate(chunks).astype(np.float64)
     if actions.shape != (samples, 2):
-        raise ValueError(f"the agent's actions have shape {actions.shape[1:]}, but FourPeaksBandit needs (2,): "
+        raise ConfigError(f"the agent's actions have shape {actions.shape[1:]}, but FourPeaksBandit needs (2,): "
                          f"score an agent trained on one of {list(BANDITS)}")
     return actions
 
 
 def agent_temperature(agent: Any) -> float:
-    """The temperature alpha the agent was trained with.
-
-    SAC/WPO-family agents: the learned alpha of their algorithm (or alpha_init when autotune_alpha is
-    off); PPO-family agents: their fixed config.alpha.
-    """
-    # not agent.algorithm: on a loaded agent that builds a fresh one, whose alpha_init is not the learned alpha
-    algorithm = getattr(agent, "_algorithm", None)
-    if algorithm is not None and hasattr(algorithm, "alpha"):
-        return float(algorithm.alpha)
-    config = getattr(agent, "config", None)
-    if hasattr(config, "autotune_alpha"):  # SAC family: alpha is learned unless autotuning is off
-        if not config.autotune_alpha:
-            return float(config.alpha_init)
-    elif hasattr(config, "alpha"):  # PPO family: a fixed temperature
-        return float(config.alpha)
-    raise ValueError("this agent carries no learned temperature (it has not trained, or was loaded with "
-                     "from_pretrained, which keeps only the policy); pass alpha= to mode_coverage, e.g. the last "
-                     "'alpha' in the run's metrics.jsonl")
+    """The temperature alpha the agent was trained with (`Agent.temperature`): SAC/WPO-family agents' learned
+    alpha once their algorithm is built (or alpha_init when autotune_alpha is off), PPO-family agents' fixed one."""
+    temperature = getattr(agent, "temperature", None)
+    if temperature is None:
+        raise ConfigError("this agent carries no learned temperature (it has not trained, or was loaded with "
+                          "from_pretrained, which keeps only the policy); pass alpha= to mode_coverage, e.g. the last "
+                          "'alpha' in the run's metrics.jsonl")
+    return float(temperature)
 
 
 def agent_bandit(agent: Any) -> FourPeaksBandit:
@@ -288,10 +280,10 @@ def plot_samples(results: Mapping[str, ModeCoverage], path: str | Path, bandit: 
     except ImportError:
         raise ImportError("plot_samples needs matplotlib: pip install matplotlib") from None
     if not results:
-        raise ValueError("results is empty: pass {algorithm name: mode_coverage(agent)}")
+        raise ConfigError("results is empty: pass {algorithm name: mode_coverage(agent)}")
     missing = [name for name, coverage in results.items() if coverage.samples is None]
     if missing:
-        raise ValueError(f"no samples to plot for {missing}: pass the ModeCoverage that mode_coverage returned")
+        raise ConfigError(f"no samples to plot for {missing}: pass the ModeCoverage that mode_coverage returned")
     bandit = FourPeaksBandit() if bandit is None else bandit
     grid = np.linspace(-1.0, 1.0, 201)
     xs, ys = np.meshgrid(grid, grid)

@@ -14,18 +14,23 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from diffagent.agent import Agent
 from diffagent.errors import ArtifactError
-from diffagent.hub import push, validate_repo_id
-from diffagent.io import CONFIG_FILE, ONNX_FILE, RESULTS_FILE, WEIGHTS_FILE, load_artifact, read_json
+from diffagent.export import export_onnx
+from diffagent.io import CONFIG_FILE, RESULTS_FILE, WEIGHTS_FILE, load_artifact, read_json
+from diffagent.publish import push, validate_repo_id
+from serve.contract import ONNX_FILE
 
-DEFAULT_MODELS_DIR = Path("zoo/models")
+# The repository's zoo, wherever the command runs from (an installed diffagent has none: pass --models).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parents[1] / "zoo" / "models"
 
 
 def zoo_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> list[tuple[Path, dict, dict | None]]:
     """(directory, config.json, results.json or None) of every artifact directory in `models_dir`."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
-        raise ArtifactError(f"no zoo at {models_dir}: run from the repository root or pass --models DIR")
+        raise ArtifactError(f"no zoo at {models_dir}: pass --models DIR, a zoo/models folder of a diffagent "
+                            "repository checkout")
     entries = []
     for directory in sorted(p for p in models_dir.iterdir() if (p / CONFIG_FILE).is_file()):
         meta, _ = load_artifact(directory)  # a broken model stops the listing before anything is pushed
@@ -39,8 +44,6 @@ def zoo_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> list[tuple[Path, 
 def add_to_zoo(run_dir: str | Path, name: str, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
     """Copy a run's artifact (config, weights, results; never checkpoints or logs) to MODELS_DIR/NAME and
     export its verified ONNX graph beside it. Refuses to overwrite an existing model."""
-    from diffagent.agent import Agent
-
     validate_repo_id(f"zoo/{name}")  # the folder name becomes the Hub repo name on push
     target = Path(models_dir) / name
     if target.exists():
@@ -54,7 +57,7 @@ def add_to_zoo(run_dir: str | Path, name: str, models_dir: str | Path = DEFAULT_
         for file in (CONFIG_FILE, WEIGHTS_FILE, RESULTS_FILE):
             if (Path(run_dir) / file).is_file():
                 shutil.copy2(Path(run_dir) / file, staged / file)
-        agent.export_onnx(staged / ONNX_FILE)
+        export_onnx(agent, staged / ONNX_FILE)
         os.rename(staged, target)
     return target
 
@@ -63,7 +66,7 @@ def push_zoo(models_dir: str | Path, org: str, *, token: str | None = None, eval
              video: bool = True, echo: Callable[[str], None] = print) -> list[str]:
     """Push every model of `models_dir` to ORG/FOLDER_NAME with its model card; returns the commit URLs.
 
-    Each model is pushed from a temporary copy, so the zoo's own files are never rewritten.
+    A push only reads the directory it publishes, so the zoo's own files are never rewritten.
     """
     entries = zoo_models(models_dir)
     for directory, _, _ in entries:  # every name checked before the first (slow) push
@@ -72,9 +75,6 @@ def push_zoo(models_dir: str | Path, org: str, *, token: str | None = None, eval
     for directory, _, _ in entries:
         repo_id = f"{org}/{directory.name}"
         echo(f"pushing {directory} -> {repo_id}")
-        with tempfile.TemporaryDirectory(prefix="diffagent-zoo-") as tmp:
-            copy = Path(tmp) / directory.name
-            shutil.copytree(directory, copy)
-            urls.append(push(copy, repo_id, token=token, eval_episodes=eval_episodes, video=video))
+        urls.append(push(directory, repo_id, token=token, eval_episodes=eval_episodes, video=video))
         echo(f"pushed: {urls[-1]}")
     return urls

@@ -12,8 +12,9 @@ The wire protocol is documented in serve/PROTOCOL.md.
 """
 
 from serve.client import Client, RemoteError
+from serve.contract import ModelLoadError, PolicyMetadata
 from serve.protocol import ErrorCode, ProtocolError
-from serve.runtime import InputError, ModelLoadError, OnnxPolicy, PolicyMetadata, load_policy
+from serve.runtime import InputError, OnnxPolicy, load_policy
 
 __all__ = ["load_policy", "OnnxPolicy", "PolicyMetadata", "InputError", "ModelLoadError", "Client", "RemoteError",
            "ProtocolError", "ErrorCode", "PolicyServer"]

@@ -4,40 +4,31 @@
     action = policy.act(obs)                           # one observation -> one action
     actions = policy.act(obs_batch, deterministic=True)
 
-The graph follows diffagent's ONNX contract (written by `Agent.export_onnx`): inputs `obs` float32 [B, obs_dim] and
-(unless exported with sample_noise) `noise` float32 [B, K+1, act_dim], output `action` float32
-[B, act_dim] already in the environment's action bounds. Everything the runtime needs to check
-inputs (spaces, K, dims) travels in the model's metadata_props.
+The graph follows the ONNX contract of serve/contract.py, which `diffagent export` writes through:
+inputs `obs` float32 [B, obs_dim] and (unless exported with sample_noise) `noise` float32
+[B, K+1, act_dim], output `action` float32 [B, act_dim] already in the environment's action
+bounds. Everything the runtime needs to check inputs (spaces, K, dims) travels in the metadata.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
+from serve.contract import ONNX_FILE, ModelLoadError, PolicyMetadata
+from serve.hub import download, is_local_path, repo_id_problem
 from serve.protocol import ErrorCode
 
-ONNX_FILE = "policy.onnx"  # the artifact contract (diffagent.io.ONNX_FILE), restated: serve never imports diffagent
-SUPPORTED_FORMAT_VERSION = 1
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Only inert files: the graph and its description, never weights (serve reads none) or code.
 _HUB_PATTERNS = ["*.json", "*.onnx", "*.md"]
-_REQUIRED_KEYS = ("diffagent_format_version", "algo", "policy", "env_id", "num_steps", "obs_dim", "act_dim",
-                  "observation_space", "action_space", "library_version", "noise_input")
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _WARMUP_RUNS = 5
 # Chain noise is drawn from the generator in blocks of this many float32 values (64 KiB): one
 # generator call costs a few microseconds whatever its size, which is a lot per control tick.
 NOISE_POOL_SIZE = 1 << 14
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found, downloaded, parsed, or is not a diffagent policy graph."""
 
 
 class InputError(ValueError):
@@ -48,64 +39,17 @@ class InputError(ValueError):
         self.code = code
 
 
-@dataclass(frozen=True)
-class PolicyMetadata:
-    """What the exporter wrote into the graph's metadata_props, parsed."""
-
-    format_version: int
-    algo: str
-    policy: str
-    env_id: str
-    num_steps: int
-    obs_dim: int
-    act_dim: int
-    observation_space: dict[str, Any] | None
-    action_space: dict[str, Any] | None
-    library_version: str
-    noise_input: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (what the server's METADATA reply carries)."""
-        return asdict(self)
-
-    @classmethod
-    def from_props(cls, props: dict[str, str], source: str) -> "PolicyMetadata":
-        """Parse metadata_props; raise ModelLoadError naming the missing or broken key."""
-        missing = [key for key in _REQUIRED_KEYS if key not in props]
-        if missing:
-            raise ModelLoadError(f"{source} is not a diffagent policy graph: its metadata lacks {', '.join(missing)}. "
-                                 "Export the policy with `Agent.export_onnx(path)`.")
-        try:
-            version = int(props["diffagent_format_version"])
-            fields = dict(num_steps=int(props["num_steps"]), obs_dim=int(props["obs_dim"]),
-                          act_dim=int(props["act_dim"]), observation_space=json.loads(props["observation_space"]),
-                          action_space=json.loads(props["action_space"]))
-        except (ValueError, TypeError) as err:
-            raise ModelLoadError(f"{source}: malformed diffagent metadata ({err}); re-export the policy with "
-                                 "`Agent.export_onnx(path)`.") from None
-        if version > SUPPORTED_FORMAT_VERSION:
-            raise ModelLoadError(f"{source} was written in diffagent format version {version}, newer than the "
-                                 f"{SUPPORTED_FORMAT_VERSION} this runtime reads; upgrade diffagent.")
-        noise_input = props["noise_input"].strip().lower()
-        if noise_input not in ("true", "false"):
-            raise ModelLoadError(f"{source}: metadata noise_input is {props['noise_input']!r}, expected 'true' or "
-                                 "'false'; re-export the policy.")
-        return cls(format_version=version, algo=props["algo"], policy=props["policy"], env_id=props["env_id"],
-                   library_version=props["library_version"], noise_input=noise_input == "true", **fields)
-
-
 def resolve_model(model: str | Path) -> Path:
     """The .onnx file behind MODEL: an artifact directory, a .onnx file, or a Hub id `org/name`.
 
-    A Hub id is downloaded with huggingface_hub (JSON, ONNX and Markdown files only: nothing that
-    could run code) and resolved like a directory.
+    A Hub id is downloaded (JSON, ONNX and Markdown files only: nothing that could run code) and
+    resolved like a directory; a name that looks like a local path is never looked up there.
     """
     path = Path(model).expanduser()
     if path.is_dir():
         onnx_path = path / ONNX_FILE
         if not onnx_path.is_file():
-            raise ModelLoadError(f"{path} holds no {ONNX_FILE}; export it first: "
-                                 f"`Agent.from_pretrained('{path}').export_onnx('{onnx_path}')`.")
+            raise ModelLoadError(f"{path} holds no {ONNX_FILE}; export it first: `diffagent export {path}`.")
         # An artifact is read from inside its directory only (a Hub snapshot's files link into its repo's cache)
         root = path.parents[1] if path.parent.name == "snapshots" else path
         if not onnx_path.resolve().is_relative_to(root.resolve()):
@@ -114,24 +58,10 @@ def resolve_model(model: str | Path) -> Path:
         return onnx_path
     if path.is_file():
         return path
-    if isinstance(model, str) and _HUB_ID.match(model):
-        return resolve_model(_download(model))
+    if isinstance(model, str) and not is_local_path(model) and repo_id_problem(model) is None:
+        return resolve_model(download(model, _HUB_PATTERNS))
     raise ModelLoadError(f"model {str(model)!r} not found: give an artifact directory holding {ONNX_FILE}, "
                          "a .onnx file, or a Hugging Face Hub id such as org/diffsac-Hopper-v4.")
-
-
-def _download(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ModelLoadError(f"{repo_id!r} looks like a Hub id, and downloading it needs huggingface_hub: "
-                             "`pip install huggingface_hub`.") from None
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_PATTERNS))
-    except Exception as err:  # the Hub client raises many types (HTTP, offline, not found); all mean the same here
-        raise ModelLoadError(f"{repo_id!r} is not a local path, and downloading it from the Hugging Face Hub failed "
-                             f"({type(err).__name__}: {err}); check the path or the repository id, your network, "
-                             "and HF_TOKEN for private repositories.") from None
 
 
 def _providers(provider: str | None) -> list[str]:
@@ -226,7 +156,7 @@ class OnnxPolicy:
         if set(inputs) != expected or "action" not in outputs:
             raise ModelLoadError(f"{self.source}: graph inputs {sorted(inputs)} and outputs {outputs} do not match "
                                  f"the diffagent contract (inputs {sorted(expected)}, output 'action'); re-export "
-                                 "the policy with `Agent.export_onnx(path)`.")
+                                 "the policy with `diffagent export MODEL_DIR`.")
         # Every static dimension must agree with the metadata the server and clients size their arrays by.
         declared = {"obs": (inputs["obs"].shape, [None, self.obs_dim]),
                     "action": (self.session.get_outputs()[outputs.index("action")].shape, [None, self.act_dim])}
@@ -416,5 +346,4 @@ def _session(path: Path, options: ort.SessionOptions, providers: list[str]) -> o
                              "the file is corrupted or not an ONNX model: re-export it.") from None
 
 
-__all__ = ["OnnxPolicy", "PolicyMetadata", "InputError", "ModelLoadError", "load_policy", "resolve_model",
-           "session_options", "check_finite", "ONNX_FILE"]
+__all__ = ["OnnxPolicy", "InputError", "load_policy", "resolve_model", "session_options", "check_finite"]

@@ -37,26 +37,31 @@ Design, and why:
 
 from __future__ import annotations
 
-import functools
+import argparse
 import hmac
 import ipaddress
 import json
 import logging
 import math
+import os
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
+from serve.contract import ModelLoadError
 from serve.protocol import (DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, HEADER_SIZE, KNOWN_FLAGS, VERSION, DType, ErrorCode,
                             Flags, Header, MsgType, ProtocolError, error_frame, pack_header, parse_header)
-from serve.runtime import NOISE_POOL_SIZE, InputError, ModelLoadError, OnnxPolicy, check_finite, load_policy
+from serve.runtime import NOISE_POOL_SIZE, InputError, OnnxPolicy, check_finite, load_policy
 
 DEFAULT_HOST = "127.0.0.1"
+TOKEN_ENV = "DIFFAGENT_SERVE_TOKEN"
 DEFAULT_MAX_BATCH = 1024
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_FRAME_TIMEOUT = 10.0
@@ -573,80 +578,75 @@ def _send_and_close(sock: socket.socket, farewell: bytes | bytearray) -> None:
     sock.close()
 
 
-# --- the `diffagent serve` command ------------------------------------------------------------------
-@functools.cache
-def _build_command():
-    """The click command, built on first use so that the server itself needs only numpy and onnxruntime."""
-    import click
+# --- the command line: `python -m serve.server MODEL`, and `diffagent serve MODEL` -------------------------
+def main(argv: Sequence[str] | None = None, prog: str = "python -m serve.server") -> int:
+    """Serve an exported policy over TCP until interrupted; returns the exit status.
 
-    @click.command("serve")
-    @click.argument("model")
-    @click.option("--host", default=DEFAULT_HOST, show_default=True,
-                  help="Address to bind. Anything but loopback needs --allow-remote and --token.")
-    @click.option("--port", default=DEFAULT_PORT, show_default=True, type=int, help="TCP port (0 picks a free one).")
-    @click.option("--allow-remote", is_flag=True, help="Allow a non-loopback --host (requires --token).")
-    @click.option("--token", envvar="DIFFAGENT_SERVE_TOKEN", default=None,
-                  help="Shared secret clients must send first [env: DIFFAGENT_SERVE_TOKEN]. It travels in clear: "
-                       "use an SSH tunnel or a VPN on untrusted networks.")
-    @click.option("--provider", default=None, help="onnxruntime provider: cpu or cuda [default: cuda if available].")
-    @click.option("--threads", default=1, show_default=True, type=int,
-                  help="onnxruntime intra-op threads (1 is fastest at batch 1; 0 = all cores).")
-    @click.option("--spin", is_flag=True, help="Let onnxruntime threads busy-wait between calls (threads > 1 only).")
-    @click.option("--seed", default=None, type=int, help="Seed of the server's noise generator.")
-    @click.option("--max-batch", default=DEFAULT_MAX_BATCH, show_default=True, type=int,
-                  help="Most observation rows per request and per graph call.")
-    @click.option("--no-batching", is_flag=True, help="Run each request alone instead of batching concurrent ones.")
-    @click.option("--max-payload", default=DEFAULT_MAX_PAYLOAD, show_default=True, type=int,
-                  help="Largest accepted frame payload in bytes.")
-    @click.option("--max-connections", default=DEFAULT_MAX_CONNECTIONS, show_default=True, type=int,
-                  help="Most connections held at once. A newcomer beyond this displaces a connection that has not "
-                       "authenticated (without --token: sent no request) or is refused with a BUSY error.")
-    @click.option("--auth-timeout", default=DEFAULT_AUTH_TIMEOUT, show_default=True, type=float,
-                  help="Seconds a connection has to complete AUTH (with --token) before it is closed.")
-    @click.option("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT, show_default=True, type=float,
-                  help="Seconds a connection may send nothing before it is closed (0: no limit).")
-    @click.option("--verbose", "-v", is_flag=True, help="Log connections and errors to stderr.")
-    def serve_command(model: str, host: str, port: int, allow_remote: bool, token: str | None, provider: str | None,
-                      threads: int, spin: bool, seed: int | None, max_batch: int, no_batching: bool,
-                      max_payload: int, max_connections: int, auth_timeout: float, idle_timeout: float,
-                      verbose: bool) -> None:
-        """Serve an exported policy (artifact directory, .onnx file or Hub id org/name) over TCP.
-
-        Clients speak the binary protocol of serve/PROTOCOL.md; from Python: `serve.Client(host, port)`.
-        """
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
-        try:
-            check_bind(host, allow_remote, token)
-            check_timeouts(auth_timeout, idle_timeout)  # before a possibly slow model load
-            policy = load_policy(model, provider=provider, threads=threads, seed=seed, spin=spin)
-            server = PolicyServer(policy, host, port, token=token, allow_remote=allow_remote, max_batch=max_batch,
-                                  batching=not no_batching, max_payload=max_payload, max_connections=max_connections,
-                                  auth_timeout=auth_timeout, idle_timeout=idle_timeout)
-        except (ModelLoadError, ValueError) as err:
-            raise click.ClickException(str(err)) from None
-        except OSError as err:
-            raise click.ClickException(f"cannot listen on {host}:{port} ({err}); pick another --port "
-                                       "(0 picks a free one)") from None
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: server.stop())
-        bound_host, bound_port = server.address
-        # serve.demo and the benchmark read this first stdout line to find the port: keep its format.
-        click.echo(f"serving {policy.metadata.algo} on {policy.metadata.env_id} ({policy.provider}, "
-                   f"threads={threads}) at {bound_host}:{bound_port}")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-
-    return serve_command
-
-
-def __getattr__(name: str):
-    # `diffagent.cli` registers `serve.server.serve_command`; building it lazily keeps click out of `import serve`.
-    if name == "serve_command":
-        return _build_command()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    serve's own command line, with neither torch nor click: `diffagent serve` hands its arguments here.
+    """
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Serve an exported policy (artifact directory, .onnx file or Hub id org/name) over "
+        "TCP. Clients speak the binary protocol of serve/PROTOCOL.md; from Python: serve.Client(host, port).")
+    parser.add_argument("model")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="Address to bind. Anything but loopback needs "
+                        "--allow-remote and --token. [default: %(default)s]")
+    parser.add_argument("--port", default=DEFAULT_PORT, type=int, help="TCP port (0 picks a free one). "
+                        "[default: %(default)s]")
+    parser.add_argument("--allow-remote", action="store_true", help="Allow a non-loopback --host (requires --token).")
+    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV),
+                        help=f"Shared secret clients must send first [env: {TOKEN_ENV}]. It travels in clear: use an "
+                             "SSH tunnel or a VPN on untrusted networks.")
+    parser.add_argument("--provider", default=None, help="onnxruntime provider: cpu or cuda [default: cuda if "
+                        "available].")
+    parser.add_argument("--threads", default=1, type=int, help="onnxruntime intra-op threads (1 is fastest at batch "
+                        "1; 0 = all cores). [default: %(default)s]")
+    parser.add_argument("--spin", action="store_true", help="Let onnxruntime threads busy-wait between calls "
+                        "(threads > 1 only).")
+    parser.add_argument("--seed", default=None, type=int, help="Seed of the server's noise generator.")
+    parser.add_argument("--max-batch", default=DEFAULT_MAX_BATCH, type=int, help="Most observation rows per request "
+                        "and per graph call. [default: %(default)s]")
+    parser.add_argument("--no-batching", action="store_true", help="Run each request alone instead of batching "
+                        "concurrent ones.")
+    parser.add_argument("--max-payload", default=DEFAULT_MAX_PAYLOAD, type=int, help="Largest accepted frame payload "
+                        "in bytes. [default: %(default)s]")
+    parser.add_argument("--max-connections", default=DEFAULT_MAX_CONNECTIONS, type=int,
+                        help="Most connections held at once. A newcomer beyond this displaces a connection that has "
+                             "not authenticated (without --token: sent no request) or is refused with a BUSY error. "
+                             "[default: %(default)s]")
+    parser.add_argument("--auth-timeout", default=DEFAULT_AUTH_TIMEOUT, type=float, help="Seconds a connection has "
+                        "to complete AUTH (with --token) before it is closed. [default: %(default)s]")
+    parser.add_argument("--idle-timeout", default=DEFAULT_IDLE_TIMEOUT, type=float, help="Seconds a connection may "
+                        "send nothing before it is closed (0: no limit). [default: %(default)s]")
+    parser.add_argument("--verbose", "-v", action="store_true", help="Log connections and errors to stderr.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
+    try:
+        check_bind(args.host, args.allow_remote, args.token)
+        check_timeouts(args.auth_timeout, args.idle_timeout)  # before a possibly slow model load
+        policy = load_policy(args.model, provider=args.provider, threads=args.threads, seed=args.seed, spin=args.spin)
+        server = PolicyServer(policy, args.host, args.port, token=args.token, allow_remote=args.allow_remote,
+                              max_batch=args.max_batch, batching=not args.no_batching, max_payload=args.max_payload,
+                              max_connections=args.max_connections, auth_timeout=args.auth_timeout,
+                              idle_timeout=args.idle_timeout)
+    except (ModelLoadError, ValueError) as err:
+        print(f"Error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"Error: cannot listen on {args.host}:{args.port} ({err}); pick another --port (0 picks a free one)",
+              file=sys.stderr)
+        return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    bound_host, bound_port = server.address
+    # serve.demo and the benchmark read this first stdout line to find the port: keep its format.
+    print(f"serving {policy.metadata.algo} on {policy.metadata.env_id} ({policy.provider}, threads={args.threads}) "
+          f"at {bound_host}:{bound_port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 if __name__ == "__main__":
-    _build_command()()
+    sys.exit(main())

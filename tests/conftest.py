@@ -1,7 +1,8 @@
-"""Suite-wide settings."""
+"""Suite-wide settings, and the local Hub that tests/test_hub.py pushes to and pulls from."""
 
 import pytest
 import torch
+from hub_server import HubServer  # pytest puts this folder on sys.path for its conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +14,24 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A local Hub on 127.0.0.1 with huggingface_hub pointed at it, an empty cache and a test token."""
+    from huggingface_hub import constants
+
+    server = HubServer().start()
+    home = tmp_path / "hf-home"
+    settings = {"HF_ENDPOINT": server.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
+                "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)  # for subprocesses
+    # huggingface_hub reads its settings once, at import: repoint the module this process already holds.
+    for name, value in {"ENDPOINT": server.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
+                        "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
+                        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+                        "HF_HUB_OFFLINE": False}.items():
+        monkeypatch.setattr(constants, name, value)
+    yield server
+    server.stop()

@@ -1,15 +1,46 @@
-"""Configs: every diffusion algorithm differs from its Gaussian base in the policy only."""
+"""Configs: composed of parts, each algorithm's holding only the fields it uses; fair pairs; defaults in one place."""
 
 import dataclasses
 
 import pytest
 
-from diffagent.config import BASE_ALGORITHM, POLICY_FIELDS, make_config
+from diffagent import ConfigError
+from diffagent.config import ALGORITHMS, make_config
+
+pytestmark = pytest.mark.math
+
+DIFFUSION_ALGORITHMS = [algo for algo, spec in ALGORITHMS.items() if algo != spec.family]
 
 
-@pytest.mark.parametrize("diffusion, base", sorted(BASE_ALGORITHM.items()))
-def test_a_diffusion_algorithm_differs_from_its_base_in_the_policy_only(diffusion, base):
-    ours, theirs = dataclasses.asdict(make_config(diffusion)), dataclasses.asdict(make_config(base))
-    assert ours.keys() == theirs.keys()
-    differing = {name for name in ours if ours[name] != theirs[name]}
-    assert differing <= POLICY_FIELDS, f"{diffusion} and {base} differ beyond the policy: {differing - POLICY_FIELDS}"
+@pytest.mark.parametrize("diffusion", DIFFUSION_ALGORITHMS)
+def test_a_diffusion_algorithm_differs_from_its_base_in_the_policy_only(diffusion):
+    ours, theirs = make_config(diffusion), make_config(ALGORITHMS[diffusion].family)
+    assert ours.run == theirs.run and ours.algorithm == theirs.algorithm
+    assert type(ours.policy) is not type(theirs.policy)
+
+
+@pytest.mark.parametrize("algo, name", [("sac", "diffusion_steps"), ("wpo", "actor_gradient"),
+                                        ("diffsac", "state_dependent_std"), ("ppo", "batch_size"),
+                                        ("diffppo", "kl_bound")])
+def test_a_hyperparameter_the_algorithm_does_not_use_is_an_error_that_says_so(algo, name):
+    with pytest.raises(ConfigError, match=f"{algo} does not use '{name}': it is a hyperparameter of"):
+        make_config(algo, {name: 1})
+
+
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
+def test_every_field_has_help_and_the_dict_holds_only_the_algorithms_fields(algo):
+    config = make_config(algo)
+    assert all(spec.metadata["help"] for spec, _ in config.items())
+    parts = (config.run, config.policy, config.algorithm)
+    assert list(config.to_dict()) == [f.name for part in parts for f in dataclasses.fields(part)]
+
+
+def test_defaults_live_in_the_classes():
+    """A part's bare constructor is the default of every algorithm that uses it off-policy; PPO's policy
+    defaults are its family's on-policy preset."""
+    for algo, spec in ALGORITHMS.items():
+        config = make_config(algo)
+        assert config.algorithm == spec.algorithm()
+        assert config.policy == spec.policy.preset(spec.algorithm)
+        if not spec.algorithm.on_policy:
+            assert config.policy == spec.policy()

@@ -22,6 +22,7 @@ from diffagent import Agent, ArtifactError, ConfigError
 from diffagent.cli import main
 from diffagent.config import make_config
 from diffagent.errors import DiffAgentError, InputError
+from diffagent.export import export_onnx
 
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -78,7 +79,8 @@ def test_cli_takes_the_seed_from_set_and_refuses_it_twice(tmp_path):
                 ids=["diffsac", "diffppo-normalised", "sac"])
 def acting_agent(request):
     algo, normalize = request.param
-    agent = Agent(algo, "Pendulum-v1", diffusion_steps=3, normalize_obs=normalize, policy_hidden_sizes=(16, 16))
+    chain = {"diffusion_steps": 3} if algo.startswith("diff") else {}
+    agent = Agent(algo, "Pendulum-v1", normalize_obs=normalize, policy_hidden_sizes=(16, 16), **chain)
     if normalize:  # statistics from real observations, not the identity
         agent.policy.obs_normalizer.update(torch.randn(100, 3) * torch.tensor([1.0, 1.0, 8.0]))
     return agent
@@ -100,7 +102,7 @@ def test_act_gives_a_finite_action_in_the_box_for_any_finite_input(acting_agent,
     obs = data.draw(hnp.arrays(np.float32, (2, 3), elements=finite_floats))
     noise = data.draw(hnp.arrays(np.float32, (2, k1, 1), elements=finite_floats))
     _assert_in_box(acting_agent.act(obs, noise=noise), acting_agent)
-    _assert_in_box(acting_agent.act(obs[0], noise=noise[0]), acting_agent)  # the onnxruntime path (batch 1, CPU)
+    _assert_in_box(acting_agent.act(obs[0], noise=noise[0]), acting_agent)  # one observation
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -123,7 +125,7 @@ def test_float64_beyond_float32_is_refused_not_turned_into_inf(acting_agent):
 
 @pytest.fixture(scope="module")
 def onnx_session(acting_agent, tmp_path_factory):
-    path = acting_agent.export_onnx(tmp_path_factory.mktemp("onnx") / "policy.onnx")
+    path = export_onnx(acting_agent, tmp_path_factory.mktemp("onnx") / "policy.onnx")
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -206,7 +208,7 @@ def test_cli_train_checkpoints_at_every_evaluation_by_default(tmp_path):
                                        "--eval-episodes", "1", "--set", "learning_starts=30",
                                        "--set", "policy_hidden_sizes=8", "--set", "batch_size=8"])
     assert result.exit_code == 0, result.output
-    progress = Agent.resume(tmp_path / "r")._progress
+    progress = Agent.resume(tmp_path / "r").progress
     assert progress.eval_every == 10 and progress.checkpoint_every == 10
 
 
@@ -219,7 +221,7 @@ def test_learn_trains_n_more_steps_and_uses_each_calls_schedules(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval_return" in r] == [30, 60, 80, 100, 120]
     resumed = Agent.resume(tmp_path)
-    assert resumed._progress.eval_every == 20 and resumed._progress.eval_episodes == 1
+    assert resumed.progress.eval_every == 20 and resumed.progress.eval_episodes == 1
     with pytest.raises(ConfigError, match="nothing is left of a resumed run's budget"):
         resumed.learn()
     with pytest.raises(ConfigError, match="steps must be a positive integer"):

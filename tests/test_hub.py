@@ -1,4 +1,4 @@
-"""Hub round trips against a local Hub (tests/hub_server.py): push -> pull -> same actions, offline loads
+"""Hub round trips against a local Hub (tests/hub_server.py, the `hub` fixture of conftest.py): push -> pull -> same actions, offline loads
 from the cache, clear errors for missing repos, revisions and files, and the model card's metadata."""
 
 import json
@@ -14,35 +14,13 @@ import yaml
 from click.testing import CliRunner
 
 from diffagent import Agent, ArtifactError, ConfigError
-from diffagent import hub as dhub
+from diffagent import publish
 from diffagent.cli import main
 
-sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import HubServer  # noqa: E402
+pytestmark = pytest.mark.artifacts
 
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16))
 ARTIFACT = {".gitattributes", "config.json", "model.safetensors", "results.json", "README.md"}
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """A local Hub on 127.0.0.1 with huggingface_hub pointed at it, an empty cache and a test token."""
-    from huggingface_hub import constants
-
-    server = HubServer().start()
-    home = tmp_path / "hf-home"
-    settings = {"HF_ENDPOINT": server.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                "HF_TOKEN": "hf_test_token", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    for name, value in settings.items():
-        monkeypatch.setenv(name, value)  # for subprocesses
-    # huggingface_hub reads its settings once, at import: repoint the module this process already holds.
-    for name, value in {"ENDPOINT": server.url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                        "HUGGINGFACE_CO_URL_TEMPLATE": server.url + "/{repo_id}/resolve/{revision}/{filename}",
-                        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
-                        "HF_HUB_OFFLINE": False}.items():
-        monkeypatch.setattr(constants, name, value)
-    yield server
-    server.stop()
 
 
 def tiny_agent(algo: str = "sac", seed: int = 0) -> Agent:
@@ -67,7 +45,7 @@ def load_in_subprocess(tmp_path: Path, repo_id: str, **env: str) -> np.ndarray:
 
 def test_push_then_load_in_a_fresh_process_and_offline_from_the_cache(hub, tmp_path):
     agent = tiny_agent()
-    url = agent.push_to_hub("org/sac-Pendulum-v1", eval_episodes=1)
+    url = publish.push_to_hub(agent, "org/sac-Pendulum-v1", eval_episodes=1)
     assert url.startswith(f"{hub.url}/org/sac-Pendulum-v1/commit/")
     assert set(hub.files("org/sac-Pendulum-v1")) == ARTIFACT | {"policy.onnx"}
 
@@ -84,8 +62,8 @@ def test_push_then_load_in_a_fresh_process_and_offline_from_the_cache(hub, tmp_p
 
 def test_revision_pins_a_commit_and_a_missing_one_is_a_clear_error(hub):
     first, second = tiny_agent(seed=0), tiny_agent(seed=1)
-    old = dhub.push_agent(first, "org/pinned", eval_episodes=1, video=False).rsplit("/", 1)[1]
-    dhub.push_agent(second, "org/pinned", eval_episodes=1, video=False)
+    old = publish.push_to_hub(first, "org/pinned", eval_episodes=1, video=False).rsplit("/", 1)[1]
+    publish.push_to_hub(second, "org/pinned", eval_episodes=1, video=False)
     obs = np.zeros((1, 3), np.float32)
     assert np.array_equal(Agent.from_pretrained("org/pinned").act(obs, deterministic=True),
                           second.act(obs, deterministic=True))
@@ -150,7 +128,7 @@ def test_push_uploads_only_artifact_files_and_removes_stale_ones(hub, tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 100}\n')
     hub.create("org/run")
     hub.commit("org/run", {"policy.onnx": b"an older policy", "replay.mp4": b"an older video"})
-    dhub.push(run, "org/run", eval_episodes=2, video=False)
+    publish.push(run, "org/run", eval_episodes=2, video=False)
     files = hub.files("org/run")
     assert set(files) == ARTIFACT
     results = json.loads(files["results.json"])
@@ -162,10 +140,10 @@ def test_model_card_metadata_has_the_model_index_of_huggingface_sb3(tmp_path):
 
     agent = Agent("diffsac", "Pendulum-v1", diffusion_steps=2, **TINY)
     directory = agent.save_pretrained(tmp_path / "card")
-    results = dhub.evaluate_for_card(agent, directory, episodes=1)
+    results = publish.evaluate_for_card(agent, directory, episodes=1)
     results["latency"] = [{"runtime": "onnxruntime (obs, noise)", "batch": 1, "p50_us": 41.04, "p99_us": 63.5,
                            "calls": 10000}]
-    readme = dhub.write_model_card(agent, directory, "org/diffsac-Pendulum-v1", results)
+    readme = publish.write_model_card(agent, directory, "org/diffsac-Pendulum-v1", results)
     meta = front_matter(readme)
     assert meta["library_name"] == "diffagent"
     assert set(meta["tags"]) == {"reinforcement-learning", "deep-reinforcement-learning", "diffagent", "diffsac",
@@ -189,14 +167,14 @@ def test_model_card_metadata_has_the_model_index_of_huggingface_sb3(tmp_path):
 def test_record_video_is_skipped_with_a_message_when_it_cannot_render(tmp_path, monkeypatch, capsys):
     agent = tiny_agent()
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # the video extra is not installed
-    assert dhub.record_video(agent, tmp_path / "replay.mp4") is None
+    assert publish.record_video(agent, tmp_path / "replay.mp4") is None
     assert "pip install 'diffagent[video]'" in capsys.readouterr().out
     # With the extra but no renderer it is skipped too.
     monkeypatch.setitem(sys.modules, "imageio_ffmpeg", types.ModuleType("imageio_ffmpeg"))
     def make_without_display(*args, **kwargs):
         raise RuntimeError("no display")
     monkeypatch.setattr("gymnasium.make", make_without_display)
-    assert dhub.record_video(agent, tmp_path / "replay.mp4") is None
+    assert publish.record_video(agent, tmp_path / "replay.mp4") is None
     assert "cannot render Pendulum-v1 offscreen (RuntimeError: no display)" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
 
@@ -204,10 +182,10 @@ def test_record_video_is_skipped_with_a_message_when_it_cannot_render(tmp_path, 
 def test_push_needs_a_valid_repo_id_and_a_token(hub, tmp_path, monkeypatch):
     run = tiny_agent().save_pretrained(tmp_path / "run")
     with pytest.raises(ConfigError, match="not a valid Hugging Face repo id"):
-        dhub.push(run, "org/bad--name")
+        publish.push(run, "org/bad--name")
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(ArtifactError, match="no Hugging Face token: pass --token"):
-        dhub.push(run, "org/run")
+        publish.push(run, "org/run")
     assert not hub.requests
 
 
@@ -249,4 +227,4 @@ def test_zoo_push_checks_every_name_before_pushing_and_needs_a_zoo(hub, tmp_path
     assert result.exit_code != 0 and "bad--name" in result.output
     assert "org/ok" not in hub.repos
     missing = CliRunner().invoke(main, ["zoo", "push", "--org", "org", "--models", str(tmp_path / "none")])
-    assert missing.exit_code != 0 and "run from the repository root or pass --models" in missing.output
+    assert missing.exit_code != 0 and "pass --models DIR" in missing.output

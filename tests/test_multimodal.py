@@ -18,8 +18,8 @@ from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, ENV_ID, MODE_RADI
                                   FourPeaksBandit, ModeCoverage, agent_bandit, agent_temperature, boltzmann_targets,
                                   make_bandit, mode_coverage, plot_samples, sample_actions)
 
-TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32,
-            diffusion_steps=2)
+TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32)
+CHAIN = dict(TINY, diffusion_steps=2)
 UNEQUAL_ALPHA = 0.1  # the fixed temperature of UnequalPeaks-v0's grid, at which its heights were chosen
 UNEQUAL_MASSES = [0.502, 0.249, 0.148, 0.097]  # the intended Boltzmann masses of its peaks at that temperature
 ZOO_HYPERPARAMS = Path(__file__).resolve().parent.parent / "zoo" / "hyperparams"
@@ -201,7 +201,7 @@ def test_sampling_is_seeded():
 
 # --- the metric on real agents ---------------------------------------------------------------------------
 def test_an_untrained_diffusion_agent_is_scored_at_its_temperature():
-    agent = Agent("diffsac", ENV_ID, **TINY)
+    agent = Agent("diffsac", ENV_ID, **CHAIN)
     with pytest.raises(ValueError, match="alpha="):
         mode_coverage(agent, samples=100)
     agent.algorithm  # built: the agent now has a temperature, its alpha_init
@@ -223,7 +223,7 @@ def test_a_trained_agent_reports_its_learned_temperature():
 
 
 def test_an_agent_is_scored_on_the_bandit_it_was_trained_on():
-    agent = Agent("diffsac", UNEQUAL_ENV_ID, autotune_alpha=False, alpha_init=UNEQUAL_ALPHA, **TINY)
+    agent = Agent("diffsac", UNEQUAL_ENV_ID, autotune_alpha=False, alpha_init=UNEQUAL_ALPHA, **CHAIN)
     assert agent_bandit(agent).heights.tolist() == list(UNEQUAL_HEIGHTS)
     np.testing.assert_allclose(mode_coverage(agent, samples=500).targets, UNEQUAL_MASSES, atol=0.001)
     assert agent_bandit(FakeAgent()).heights.tolist() == [1.0] * 4  # no env_id: the four equal peaks
@@ -232,7 +232,7 @@ def test_an_agent_is_scored_on_the_bandit_it_was_trained_on():
 
 
 def test_fixed_temperatures_are_read_from_the_config():
-    assert agent_temperature(Agent("diffsac", ENV_ID, autotune_alpha=False, alpha_init=0.2, **TINY)) == \
+    assert agent_temperature(Agent("diffsac", ENV_ID, autotune_alpha=False, alpha_init=0.2, **CHAIN)) == \
         pytest.approx(0.2)
     assert agent_temperature(Agent("diffppo", ENV_ID, alpha=0.01)) == pytest.approx(0.01)
     assert agent_temperature(Agent("ppo", ENV_ID, alpha=0.0)) == 0.0  # zero is a temperature, not a missing one

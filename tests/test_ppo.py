@@ -16,11 +16,11 @@ from torch.distributions import Normal
 
 from diffagent import Agent, ConfigError
 from diffagent.algos.ppo import per_step_advantages, per_step_gae, trace
+from diffagent.algos.rollout import RolloutBatch, gae
 from diffagent.algos.sac import reverse_cumsum
 from diffagent.cli import main as cli
-from diffagent.export import LiveOnnxPolicy
 from diffagent.policies import DiffusionPolicy
-from diffagent.rollout import RolloutBatch, gae
+from diffagent.policies.onnx import LiveOnnxPolicy
 
 
 def _small(algo="ppo", env="Pendulum-v1", **overrides):
@@ -78,7 +78,7 @@ def test_k1_gaussian_loss_and_gradient_equal_textbook_ppo(value_clip, alpha):
 def test_the_compiled_acting_chain_follows_the_policy(algo, compiled):
     """Rollouts act through onnxruntime (CPU) or a trace; it must follow every update of weights and statistics."""
     torch.manual_seed(0)
-    agent, ppo = _small(algo, diffusion_steps=3, num_envs=2, rollout_steps=32)
+    agent, ppo = _small(algo, num_envs=2, rollout_steps=32, **({"diffusion_steps": 3} if algo == "diffppo" else {}))
     assert isinstance(ppo.act, LiveOnnxPolicy)  # what a CPU run acts with
     act = ppo.act if compiled == "onnxruntime" else trace(ppo.policy, (torch.zeros(2, 3),
                                                                        torch.zeros(ppo.policy.noise_shape(2))))

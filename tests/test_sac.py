@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 from diffagent import Agent
-from diffagent.data import Batch
+from diffagent.algos.replay import Batch
 
 
 def _tiny(algo, **overrides):
@@ -73,7 +73,7 @@ def _actor_gradient(sac, estimator, obs, alpha):
 def test_lv_gradient_matches_the_pathwise_gradient_of_the_same_objective(algo):
     """Both are unbiased estimators of grad E[alpha L - Q]; averaged over many chains they agree."""
     torch.manual_seed(0)
-    agent = _tiny(algo, diffusion_steps=3, lv_chains=2048)
+    agent = _tiny(algo, lv_chains=2048, **({"diffusion_steps": 3} if algo == "diffsac" else {}))
     sac = agent.algorithm
     sac.critic = _QuadraticCritic()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffagent.config import PolicyConfig
+from diffagent.config import AlgorithmConfig
 
 
 class Algorithm:
@@ -20,11 +20,11 @@ class Algorithm:
     their networks and optimizers in `components`, which makes them checkpointable.
     """
 
-    def __init__(self, config: PolicyConfig, policy: nn.Module, make_env: Callable[[], gym.Env],
-                 device: torch.device):
-        self.config, self.policy, self.device = config, policy, device
+    def __init__(self, config: AlgorithmConfig, policy: nn.Module, make_env: Callable[[], gym.Env],
+                 device: torch.device, seed: int):
+        self.config, self.policy, self.device, self.seed = config, policy, device, seed
         self.make_env = make_env
-        self.rng = np.random.default_rng(config.seed)
+        self.rng = np.random.default_rng(seed)
         self.num_steps = 0
         self.num_episodes = 0
         self.total_steps: int | None = None  # the step budget of the current `Agent.learn`, for schedules
@@ -32,6 +32,11 @@ class Algorithm:
 
     def train_iteration(self) -> dict[str, float]:
         """Collect experience and update; returns metrics of this iteration."""
+        raise NotImplementedError
+
+    @property
+    def temperature(self) -> float:
+        """The temperature alpha that weighs the entropy now."""
         raise NotImplementedError
 
     def components(self) -> dict[str, nn.Module | torch.optim.Optimizer]:

@@ -71,7 +71,7 @@ the policy being trained see the same normalised observations (every ratio start
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -81,14 +81,12 @@ from gymnasium.vector import AutoresetMode
 from torch import nn
 
 from diffagent.algos.base import Algorithm
+from diffagent.algos.rollout import RewardScaler, RolloutBatch, RolloutBuffer, gae, minibatches
 from diffagent.config import PPOConfig
 from diffagent.nn import mlp
 from diffagent.policies import Policy
 from diffagent.policies.chain import ChainLogProbs
-from diffagent.rollout import RewardScaler, RolloutBatch, RolloutBuffer, gae, minibatches
-
-if TYPE_CHECKING:
-    from diffagent.export import LiveOnnxPolicy
+from diffagent.policies.onnx import LiveOnnxPolicy
 
 
 def per_step_advantages(advantages: torch.Tensor, prior: torch.Tensor, step_ratios: torch.Tensor,
@@ -143,8 +141,9 @@ class PPO(Algorithm):
 
     config: PPOConfig
 
-    def __init__(self, config: PPOConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device):
-        super().__init__(config, policy, make_env, device)
+    def __init__(self, config: PPOConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device,
+                 seed: int):
+        super().__init__(config, policy, make_env, device, seed)
         cfg = config
         self.envs = gym.vector.SyncVectorEnv([make_env] * cfg.num_envs, autoreset_mode=AutoresetMode.SAME_STEP)
         self.value = mlp(policy.obs_dim, cfg.value_hidden_sizes, 1, cfg.value_activation).to(device)
@@ -160,14 +159,12 @@ class PPO(Algorithm):
         self.reward_scaler = RewardScaler(cfg.num_envs, cfg.gamma).to(device)
         self.buffer = RolloutBuffer(cfg.rollout_steps, cfg.num_envs, policy.obs_dim, policy.noise_shape(1)[1:],
                                     device)
-        self.shuffler = torch.Generator().manual_seed(config.seed)
+        self.shuffler = torch.Generator().manual_seed(seed)
         # The chain is a pure function of (obs, noise) with K unrolled, so acting can run it compiled,
         # on the policy's own parameters and statistics, always with the current policy: onnxruntime on
         # a CPU (4x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
         self.live_policy: LiveOnnxPolicy | None = None
         if device.type == "cpu":
-            from diffagent.export import LiveOnnxPolicy  # onnxruntime loads when a CPU run first acts
-
             self.live_policy = LiveOnnxPolicy(policy, cfg.num_envs)
             self.act: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = self.live_policy
         else:
@@ -175,6 +172,10 @@ class PPO(Algorithm):
                                       torch.zeros(policy.noise_shape(cfg.num_envs), device=device)))
         self.obs: np.ndarray | None = None  # reset on first use, from self.rng, so a resumed run starts new episodes
         self.episode_returns = np.zeros(cfg.num_envs)
+
+    @property
+    def temperature(self) -> float:
+        return self.config.alpha
 
     # --- one iteration: a rollout, then the epochs over it --------------------------------------------
     def train_iteration(self) -> dict[str, float]:

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from diffagent.algos.base import Algorithm
+from diffagent.algos.replay import Batch, ReplayBuffer
 from diffagent.config import SACConfig
-from diffagent.data import Batch, ReplayBuffer
 from diffagent.nn import CriticEnsemble, polyak_update
 from diffagent.policies import Policy
 from diffagent.policies.entropy import entropy_bounds
@@ -49,8 +49,9 @@ class SAC(Algorithm):
 
     config: SACConfig
 
-    def __init__(self, config: SACConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device):
-        super().__init__(config, policy, make_env, device)
+    def __init__(self, config: SACConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device,
+                 seed: int):
+        super().__init__(config, policy, make_env, device, seed)
         obs_dim, act_dim = policy.obs_dim, policy.act_dim
         self.critic = CriticEnsemble(obs_dim, act_dim, config.critic_hidden_sizes, config.num_critics,
                                      layer_norm=config.critic_layer_norm).to(device)
@@ -63,10 +64,10 @@ class SAC(Algorithm):
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
         self.buffer = ReplayBuffer(config.buffer_size, obs_dim, act_dim, device)
-        self.sampler = torch.Generator().manual_seed(config.seed)
+        self.sampler = torch.Generator().manual_seed(seed)
         self.env = make_env()
-        self.env.action_space.seed(config.seed)
-        self.obs, _ = self.env.reset(seed=config.seed)
+        self.env.action_space.seed(seed)
+        self.obs, _ = self.env.reset(seed=seed)
         self.episode_return = 0.0
         # Policy.to_env_action in numpy: the warm-up's random actions never become tensors
         self._low, self._high = policy.action_low.cpu().numpy(), policy.action_high.cpu().numpy()
@@ -74,6 +75,10 @@ class SAC(Algorithm):
     @property
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp()
+
+    @property
+    def temperature(self) -> float:
+        return float(self.alpha)
 
     # --- acting ----------------------------------------------------------------------------------
     def train_iteration(self) -> dict[str, float]:

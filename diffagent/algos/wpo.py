@@ -49,9 +49,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from diffagent.algos.replay import Batch
 from diffagent.algos.sac import SAC
 from diffagent.config import WPOConfig
-from diffagent.data import Batch
 from diffagent.nn import polyak_update
 from diffagent.policies import Policy
 from diffagent.policies.base import Kernel
@@ -81,8 +81,9 @@ class WPO(SAC):
 
     config: WPOConfig
 
-    def __init__(self, config: WPOConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device):
-        super().__init__(config, policy, make_env, device)
+    def __init__(self, config: WPOConfig, policy: Policy, make_env: Callable[[], gym.Env], device: torch.device,
+                 seed: int):
+        super().__init__(config, policy, make_env, device, seed)
         self.policy_old = copy.deepcopy(policy).requires_grad_(False)
         self.log_kl_penalty = torch.tensor(np.log(config.kl_penalty_init), dtype=torch.float32, device=device,
                                            requires_grad=True)

@@ -45,7 +45,6 @@ class Policy(nn.Module):
     Subclasses implement `context`, `forward_kernel`, `backward_kernel` and `prior_log_std`.
     """
 
-    kind: str = ""
     exact_log_ratio: bool = False
     """Whether L is log pi itself (every chain's backward path is exact), not only an upper bound of it."""
 

@@ -29,8 +29,6 @@ class DiffusionPolicy(Policy):
     per step and action dimension when `learn_step_size` is set.
     """
 
-    kind = "diffusion"
-
     def __init__(self, obs_dim: int, act_dim: int, action_low: torch.Tensor, action_high: torch.Tensor, *,
                  num_steps: int = 8, hidden_sizes: Sequence[int] = (256, 256), activation: str = "gelu",
                  normalize_obs: bool = False, prior_std: float = 1.0, step_size_max: float = 0.1,

@@ -18,7 +18,6 @@ from diffagent.policies.base import Kernel, Policy
 class GaussianPolicy(Policy):
     """a = tanh(mu(s) + sigma(s) * eps), with a state-dependent (or state-independent) std."""
 
-    kind = "gaussian"
     exact_log_ratio = True  # the backward kernel is the prior, so L = log pi(a|s)
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: torch.Tensor, action_high: torch.Tensor, *,

@@ -1,0 +1,255 @@
+"""Grid files: the experiments of a benchmark, parsed and checked into one `Job` per training run.
+
+A grid file (TOML, see zoo/grids/) lists experiments:
+
+    name = "classic"
+    out = "../../runs/zoo"           # run directories         (paths are relative to this file)
+    hyperparams = "../hyperparams"   # per-env files <env>.toml with an [algo] table each (optional)
+    results = "../results"           # where `report` writes tables and plots
+    references = "../references.toml"  # published numbers shown beside ours (optional)
+
+    [[experiment]]
+    envs = ["Pendulum-v1"]
+    algos = ["sac", "diffsac"]
+    seeds = [0, 1, 2, 3, 4]
+    steps = 6000
+    eval_every = 500
+    eval_episodes = 10
+
+Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
+run from its checkpoint, and a budget's score is the last evaluation at or before that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from diffagent.config import algo_spec, cli_value, make_config
+from diffagent.errors import ConfigError
+from diffagent.io import METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl, run_is_locked
+
+GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "experiment"}
+EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set"}
+
+
+def env_file_name(env_id: str) -> str:
+    """File-system name of an env id ('diffagent/FourPeaks-v0' -> 'diffagent-FourPeaks-v0')."""
+    return env_id.replace("/", "-")
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """A TOML file's tables, or a ConfigError naming the `what` file that is missing or malformed."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{what} file {path} is not valid TOML: {err}") from None
+
+
+def load_hyperparameters(path: str | Path, algo: str) -> dict[str, Any]:
+    """The [algo] table of a hyperparameter file, or a ConfigError saying what the file holds."""
+    tables = read_toml(path, "hyperparameter")
+    table = tables.get(algo.lower())
+    if not isinstance(table, dict):
+        have = ", ".join(k for k, v in tables.items() if isinstance(v, dict)) or "none"
+        raise ConfigError(f"{path} has no [{algo}] table (it has: {have}); add one (an empty table means "
+                          "the library defaults)")
+    return table
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training run of a grid."""
+
+    algo: str
+    env_id: str
+    seed: int
+    steps: int
+    eval_every: int
+    eval_episodes: int
+    checkpoint_every: int
+    run_dir: Path
+    hyperparams: Path | None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.algo} {self.env_id} seed {self.seed} ({self.steps:,} steps)"
+
+    def trained_steps(self) -> int | None:
+        """Steps of the finished run in run_dir (from its results.json), or None when it has not finished."""
+        try:
+            return int(json.loads((self.run_dir / RESULTS_FILE).read_text())["total_steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def has_checkpoint(self) -> bool:
+        return has_checkpoint(self.run_dir)
+
+    def is_running(self) -> bool:
+        """Whether a process is training into this run's directory now (it holds the run's lock)."""
+        return run_is_locked(self.run_dir)
+
+    def status(self) -> str:
+        """'done', 'resume' (a checkpoint to continue from), 'new', or 'stale' (results, no checkpoint)."""
+        trained = self.trained_steps()
+        if trained is not None and trained >= self.steps:
+            return "done"
+        if self.has_checkpoint():
+            return "resume"
+        return "new" if trained is None else "stale"
+
+    def train_command(self, executable: str = "diffagent") -> list[str]:
+        """The `diffagent train` command line of this run (what the report quotes)."""
+        command = [executable, "train", "--algo", self.algo, "--env", self.env_id, "--steps", str(self.steps),
+                   "--seed", str(self.seed), "--eval-every", str(self.eval_every),
+                   "--eval-episodes", str(self.eval_episodes)]
+        if self.hyperparams is not None:
+            command += ["--hparams", str(self.hyperparams)]
+        for key, value in self.overrides:
+            command += ["--set", f"{key}={cli_value(value)}"]
+        return command
+
+    def process_command(self) -> list[str]:
+        """What the runner executes: train (new) or resume (a checkpoint exists), one thread."""
+        cli = [sys.executable, "-m", "diffagent.cli"]
+        if self.has_checkpoint():
+            return cli + ["resume", str(self.run_dir), "--steps", str(self.steps), "--threads", "1"]
+        return (cli + self.train_command("")[1:]
+                + ["--out", str(self.run_dir), "--threads", "1", "--checkpoint-every", str(self.checkpoint_every)])
+
+
+@dataclass
+class Grid:
+    """A parsed grid file."""
+
+    name: str
+    path: Path
+    out: Path
+    results: Path
+    references: Path | None = None
+    jobs: list[Job] = field(default_factory=list)
+    budgets: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    """(env, algo) -> every step budget the grid asks of it (a run covers all of them up to its largest)."""
+
+
+def _checked(where: str, name: str, value: Any, kind: type, positive: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind) or (positive and value < 1):
+        expected = {int: "a positive integer" if positive else "an integer", str: "a string"}.get(kind, kind.__name__)
+        raise ConfigError(f"{where}: {name} must be {expected}, got {value!r}")
+    return value
+
+
+def _checked_list(where: str, name: str, value: Any, kind: type) -> list:
+    if not isinstance(value, list) or not value:
+        example = "[0, 1, 2]" if kind is int else '["a", "b"]'
+        raise ConfigError(f"{where}: {name} must be a non-empty list, e.g. {name} = {example}, got {value!r}")
+    return [_checked(where, f"an entry of {name}", item, kind) for item in value]
+
+
+def _unknown_keys(where: str, keys: Iterable[str], known: set[str]) -> None:
+    import difflib
+
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{where}: unknown key {key!r}{hint}")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Parse and check a grid file; every env, algorithm, hyperparameter and override is validated
+    before anything runs, so a typo fails here and not in a job hours later."""
+    import gymnasium as gym  # diffagent's own envs are registered: importing this module ran diffagent/__init__
+
+    path = Path(path)
+    spec = read_toml(path, "grid")
+    _unknown_keys(str(path), spec, GRID_KEYS)
+    experiments = spec.get("experiment")
+    if not isinstance(experiments, list) or not experiments:
+        raise ConfigError(f"{path} has no [[experiment]] tables; see the example in diffagent/bench/grid.py")
+
+    def beside(key: str, default: str | None = None) -> Path | None:  # paths in a grid file are relative to it
+        value = spec.get(key, default)
+        return None if value is None else Path(os.path.normpath(path.parent / _checked(str(path), key, value, str)))
+
+    hyper_dir = beside("hyperparams")
+    if hyper_dir is not None and not hyper_dir.is_dir():
+        raise ConfigError(f"{path}: hyperparams folder {hyper_dir} does not exist")
+    grid = Grid(name=_checked(str(path), "name", spec.get("name", path.stem), str), path=path,
+                out=beside("out", f"runs/{path.stem}"), results=beside("results", "results"),
+                references=beside("references"))
+    seen: dict[Path, Job] = {}
+    for number, experiment in enumerate(experiments, 1):
+        where = f"{path}, experiment {number}"
+        _unknown_keys(where, experiment, EXPERIMENT_KEYS)
+        missing = {"envs", "algos", "seeds", "steps"} - set(experiment)
+        if missing:
+            raise ConfigError(f"{where} lacks {', '.join(sorted(missing))}")
+        steps = _checked(where, "steps", experiment["steps"], int, positive=True)
+        eval_every = _checked(where, "eval_every", experiment.get("eval_every", max(steps // 10, 1)), int, True)
+        eval_episodes = _checked(where, "eval_episodes", experiment.get("eval_episodes", 10), int, True)
+        # at least every evaluation's worth of steps: a checkpoint costs about as much as an evaluation
+        checkpoint_every = _checked(where, "checkpoint_every",
+                                    experiment.get("checkpoint_every", max(steps // 10, eval_every)), int, True)
+        overrides = experiment.get("set", {})
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{where}: set must be a table of overrides, e.g. set = {{ batch_size = 512 }}")
+        overrides = tuple(sorted(overrides.items()))
+        envs = _checked_list(where, "envs", experiment["envs"], str)
+        algos = [algo.lower() for algo in _checked_list(where, "algos", experiment["algos"], str)]
+        for env_id in envs:
+            if env_id not in gym.registry:
+                raise ConfigError(f"{where}: unknown environment id {env_id!r}")
+        for seed in _checked_list(where, "seeds", experiment["seeds"], int):
+            for env_id in envs:
+                for algo in algos:
+                    algo_spec(algo)
+                    hyper_file = hyper_dir / f"{env_file_name(env_id)}.toml" if hyper_dir else None
+                    if hyper_file is not None and not hyper_file.is_file():
+                        hyper_file = None  # the library defaults; `bench run --dry-run` shows which file each run uses
+                    hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
+                    try:
+                        make_config(algo, {**hyper, **dict(overrides)})
+                    except ConfigError as err:
+                        raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
+                    run_dir = grid.out / env_file_name(env_id) / algo / f"s{seed}"
+                    job = Job(algo, env_id, seed, steps, eval_every, eval_episodes, checkpoint_every, run_dir,
+                              hyper_file, overrides)
+                    grid.budgets.setdefault((env_id, algo), [])
+                    if steps not in grid.budgets[(env_id, algo)]:
+                        grid.budgets[(env_id, algo)].append(steps)
+                    previous = seen.get(run_dir)
+                    if previous is not None:
+                        if (previous.eval_every, previous.eval_episodes, previous.overrides) != (
+                                job.eval_every, job.eval_episodes, job.overrides):
+                            raise ConfigError(f"{where}: {algo} on {env_id} seed {seed} is also in an earlier "
+                                              "experiment with other eval_every, eval_episodes or set; one run "
+                                              "directory serves both budgets, so they must agree")
+                        if previous.steps >= steps:
+                            continue  # the larger budget's run covers this one
+                    seen[run_dir] = job
+    # seed-major across experiments: a grid stopped early holds comparable seeds of every algorithm
+    grid.jobs = sorted(seen.values(), key=lambda job: job.seed)
+    return grid
+
+
+
+# --- reading runs ----------------------------------------------------------------------------------
+def read_curve(run_dir: Path) -> dict[int, float]:
+    """step -> deterministic evaluation return, from metrics.jsonl (the last record of a step wins)."""
+    return {int(record["step"]): float(record["eval_return"])
+            for record in read_jsonl(run_dir / METRICS_FILE) if "eval_return" in record}
+
+
+def last_metrics(run_dir: Path) -> dict[str, Any]:
+    """The last record of metrics.jsonl (losses and alpha at the end of training)."""
+    records = read_jsonl(run_dir / METRICS_FILE)
+    return records[-1] if records else {}

@@ -1,0 +1,34 @@
+"""Statistics of a grid's runs, the rliable way: a run's score at a budget, IQM and bootstrap intervals over seeds."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def score_at(curve: dict[int, float], budget: int) -> float | None:
+    """The evaluation at `budget` steps: the last one at or before it, if the run got that far."""
+    if not curve or max(curve) < budget:
+        return None
+    return curve[max(step for step in curve if step <= budget)]
+
+
+
+def iqm(values: Iterable[float]) -> float:
+    """Interquartile mean: the mean of the middle half (int(n/4) dropped at each end, as rliable does)."""
+    ordered = np.sort(np.asarray(list(values), dtype=np.float64))
+    cut = len(ordered) // 4
+    return float(ordered[cut:len(ordered) - cut].mean())
+
+
+def bootstrap_interval(values: Iterable[float], statistic: Callable[[np.ndarray], float] = iqm,
+                       samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap 95% interval of `statistic` over seeds (resampled with replacement)."""
+    data = np.asarray(list(values), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    draws = [statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(samples)]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return float(low), float(high)
