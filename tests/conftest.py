@@ -35,3 +35,13 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.setattr(constants, name, value)
     yield server
     server.stop()
+
+
+TIERS = ("math", "learning", "artifacts", "serve")
+
+
+def pytest_collection_modifyitems(items):
+    """Every test belongs to a tier (pyproject.toml's markers), so `pytest -m TIER` runs the whole tier."""
+    untiered = [item.nodeid for item in items if not any(item.get_closest_marker(tier) for tier in TIERS)]
+    if untiered:
+        raise pytest.UsageError(f"tests without a tier marker ({', '.join(TIERS)}): {', '.join(untiered)}")

@@ -14,6 +14,8 @@ from diffagent import Agent, ArtifactError, ConfigError
 from diffagent import io as dio
 from diffagent.cli import main
 
+pytestmark = pytest.mark.artifacts
+
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32)
 
 

@@ -42,12 +42,14 @@ def write_grid(root, steps, seeds=(0, 1), extra=""):
     return grid
 
 
+@pytest.mark.math
 def test_iqm_drops_a_quarter_at_each_end():
     assert iqm([1, 2, 3, 4, 100]) == 3.0  # n = 5: one dropped at each end
     assert iqm([1, 2, 3, 4]) == 2.5
     assert iqm([7.0]) == 7.0
 
 
+@pytest.mark.math
 def test_bootstrap_interval_brackets_the_iqm_and_is_reproducible():
     scores = np.random.default_rng(0).normal(100, 20, size=8)
     low, high = bootstrap_interval(scores)
@@ -56,6 +58,7 @@ def test_bootstrap_interval_brackets_the_iqm_and_is_reproducible():
     assert bootstrap_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
 
 
+@pytest.mark.math
 def test_score_is_read_off_the_curve_at_the_budget(tmp_path):
     lines = [{"step": 100, "eval_return": -900.0}, {"step": 200, "eval_return": -500.0},
              {"step": 200, "eval_return": -400.0}, {"step": 300, "loss": 1.0}, {"step": 400, "eval_return": -200.0}]
@@ -67,6 +70,7 @@ def test_score_is_read_off_the_curve_at_the_budget(tmp_path):
     assert score_at(curve, 500) is None  # the run has not got there
 
 
+@pytest.mark.artifacts
 def test_grid_errors_say_what_is_wrong(tmp_path):
     grid = write_grid(tmp_path, 100)
     text = grid.read_text()
@@ -92,6 +96,7 @@ def test_grid_errors_say_what_is_wrong(tmp_path):
         load_hyperparameters(tmp_path / "hyperparams" / "Pendulum-v1.toml", "diffsac")
 
 
+@pytest.mark.artifacts
 def test_one_run_serving_two_budgets_must_have_one_setting(tmp_path):
     grid = write_grid(tmp_path, 100, seeds=(0,))
     text = grid.read_text()
@@ -100,6 +105,7 @@ def test_one_run_serving_two_budgets_must_have_one_setting(tmp_path):
         load_grid(grid)
 
 
+@pytest.mark.artifacts
 @pytest.mark.parametrize("order", [(100, 300), (300, 100)])
 def test_a_larger_budget_of_the_same_run_replaces_the_smaller(tmp_path, order):
     grid = write_grid(tmp_path, order[0], seeds=(0,))
@@ -111,6 +117,7 @@ def test_a_larger_budget_of_the_same_run_replaces_the_smaller(tmp_path, order):
     assert sorted(loaded.budgets[("Pendulum-v1", "sac")]) == [100, 300]
 
 
+@pytest.mark.artifacts
 def test_seeds_not_asked_for_at_a_budget_are_not_missing_there(tmp_path):
     grid = write_grid(tmp_path, 100, seeds=(0, 1))
     text = grid.read_text()
@@ -120,6 +127,7 @@ def test_seeds_not_asked_for_at_a_budget_are_not_missing_there(tmp_path):
     assert rows[100]["missing_seeds"] == [0, 1] and rows[300]["missing_seeds"] == [0]
 
 
+@pytest.mark.artifacts
 def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_path):
     grid = load_grid(write_grid(tmp_path, 200))
     messages = []
@@ -151,6 +159,7 @@ def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_
     assert (report.parent / "tiny-Pendulum-v1.png").stat().st_size > 1000
 
 
+@pytest.mark.artifacts
 def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
     grid = load_grid(write_grid(tmp_path, 100))
     broken = grid.jobs[0].run_dir / "checkpoints"  # a checkpoint pointer whose checkpoint is gone
@@ -161,6 +170,7 @@ def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
     assert "cannot resume" in (grid.jobs[0].run_dir / "train.log").read_text()
 
 
+@pytest.mark.artifacts
 def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
     grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
     run_dir = grid.jobs[0].run_dir
@@ -172,6 +182,7 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(tmp_path):
     assert 5.0 not in read_curve(run_dir).values()
 
 
+@pytest.mark.artifacts
 def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch):
     grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
@@ -181,6 +192,7 @@ def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch)
     assert any("need matplotlib" in m for m in messages) and any("does not exist" in m for m in messages)
 
 
+@pytest.mark.artifacts
 def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
     with run_lock(tmp_path):
         with pytest.raises(DiffAgentError, match="being trained by another process"):
@@ -194,6 +206,7 @@ def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
         assert outcome["skipped"] == [grid.jobs[0].name]
 
 
+@pytest.mark.artifacts
 def test_train_reads_a_hyperparameter_file_and_set_wins(tmp_path):
     hparams = tmp_path / "h.toml"
     hparams.write_text("[sac]\nbatch_size = 32\npolicy_hidden_sizes = [16, 16]\ncritic_hidden_sizes = [16, 16]\n"
@@ -207,6 +220,7 @@ def test_train_reads_a_hyperparameter_file_and_set_wins(tmp_path):
     assert missing.exit_code != 0 and "has no [ppo] table" in missing.output
 
 
+@pytest.mark.artifacts
 def test_a_killed_runner_stops_its_trainings_and_a_rerun_resumes_them(tmp_path):
     grid_file = write_grid(tmp_path, 3000, seeds=(0,), extra="")
     grid_file.write_text(grid_file.read_text().replace("eval_every = 100", "eval_every = 500\ncheckpoint_every = 200"))

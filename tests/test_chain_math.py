@@ -9,6 +9,8 @@ from torch.distributions import Normal, TanhTransform, TransformedDistribution
 from diffagent.policies import DiffusionPolicy, GaussianPolicy
 from diffagent.policies.entropy import entropy_bounds, knn_entropy
 
+pytestmark = pytest.mark.math
+
 OBS_DIM, ACT_DIM, K = 4, 2, 5
 
 

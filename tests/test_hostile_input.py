@@ -24,6 +24,8 @@ from diffagent.config import make_config
 from diffagent.errors import DiffAgentError, InputError
 from diffagent.export import export_onnx
 
+pytestmark = pytest.mark.artifacts
+
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -25,6 +25,8 @@ import pytest
 
 from diffagent import Agent
 
+pytestmark = pytest.mark.learning
+
 PENDULUM_NETS = dict(policy_hidden_sizes=(64, 64), critic_hidden_sizes=(64, 64), learning_starts=1000)
 FAST_LR = dict(actor_lr=1e-3, critic_lr=1e-3, alpha_lr=1e-3)  # rl-baselines3-zoo's Pendulum setting
 

@@ -18,6 +18,8 @@ from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, ENV_ID, MODE_RADI
                                   FourPeaksBandit, ModeCoverage, agent_bandit, agent_temperature, boltzmann_targets,
                                   make_bandit, mode_coverage, plot_samples, sample_actions)
 
+pytestmark = pytest.mark.math
+
 TINY = dict(policy_hidden_sizes=(16, 16), critic_hidden_sizes=(16, 16), learning_starts=50, batch_size=32)
 CHAIN = dict(TINY, diffusion_steps=2)
 UNEQUAL_ALPHA = 0.1  # the fixed temperature of UnequalPeaks-v0's grid, at which its heights were chosen

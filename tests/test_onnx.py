@@ -19,6 +19,8 @@ from diffagent.cli import main
 from diffagent.envs import space_to_dict
 from diffagent.export import ONNX_FILE, PARITY_TOLERANCE, export_onnx, load_onnx_metadata, verify_onnx
 
+pytestmark = pytest.mark.artifacts
+
 ENV = "Pendulum-v1"
 
 

@@ -34,6 +34,7 @@ def _grads(parameters):
     return torch.cat([p.grad.flatten() for p in parameters if p.grad is not None])
 
 
+@pytest.mark.math
 @pytest.mark.parametrize("value_clip, alpha", [(0.0, 0.0), (0.2, 0.0), (0.0, 0.1)])
 def test_k1_gaussian_loss_and_gradient_equal_textbook_ppo(value_clip, alpha):
     """Same code path as DiffPPO: with K = 1 its per-step terms must reduce to the PPO-clip loss."""
@@ -73,6 +74,7 @@ def test_k1_gaussian_loss_and_gradient_equal_textbook_ppo(value_clip, alpha):
     torch.testing.assert_close(ours, _grads(ppo.trained_parameters), rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.artifacts
 @pytest.mark.parametrize("compiled", ["onnxruntime", "trace"])
 @pytest.mark.parametrize("algo", ["ppo", "diffppo"])
 def test_the_compiled_acting_chain_follows_the_policy(algo, compiled):
@@ -91,6 +93,7 @@ def test_the_compiled_acting_chain_follows_the_policy(algo, compiled):
     assert changed > 5e-5, f"training moved the action by only {changed:.1e}: a stale copy would pass"
 
 
+@pytest.mark.math
 def test_per_step_advantages_add_back_the_past_of_each_step():
     advantages, prior = torch.tensor([1.0, -2.0]), torch.tensor([-0.5, -1.5])
     ratios = torch.tensor([[0.1, 0.2, 0.3], [1.0, 2.0, 3.0]])
@@ -196,6 +199,7 @@ def paired_z(gradients, reference):
     return difference.mean(0) / (difference.std(0) / len(difference) ** 0.5 + 1e-12)
 
 
+@pytest.mark.math
 def test_cancelling_the_past_keeps_the_expected_gradient_but_raises_its_variance():
     """A one-state bandit with reward Q(a): the per-step policy gradient with and without the past terms.
 
@@ -231,6 +235,7 @@ def test_cancelling_the_past_keeps_the_expected_gradient_but_raises_its_variance
     assert var_cancelled > 1.05 * var_uncancelled, (var_cancelled, var_uncancelled)
 
 
+@pytest.mark.math
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_per_step_baseline_makes_cancelling_the_past_lower_the_variance(seed):
     """K = 8 bandit, alpha = 1: the option's estimator against the default and against cancel_past with V(s).
@@ -250,6 +255,7 @@ def test_a_per_step_baseline_makes_cancelling_the_past_lower_the_variance(seed):
         var_default, var_cancelled, var_per_step)
 
 
+@pytest.mark.math
 def test_gae_matches_a_reference_loop():
     g = torch.Generator().manual_seed(0)
     rewards, values = torch.randn(7, 3, generator=g), torch.randn(7, 3, generator=g)
@@ -285,6 +291,7 @@ class _Counter(gym.Env):
         return np.array([self.t], np.float32), 1.0, self.terminate and self.t == 5, False, {}
 
 
+@pytest.mark.math
 @pytest.mark.parametrize("terminate, alpha", [(True, 0.0), (False, 0.0), (False, 0.1)])
 def test_returns_stop_at_episode_ends_and_bootstrap_only_truncations(terminate, alpha):
     def make():
@@ -308,6 +315,7 @@ def test_returns_stop_at_episode_ends_and_bootstrap_only_truncations(terminate, 
     assert ppo.num_episodes == 4 and list(ppo.recent_returns) == [5.0] * 4
 
 
+@pytest.mark.math
 @pytest.mark.parametrize("gae_lambda", [0.5, 1.0])
 def test_per_step_baseline_advantages_by_hand(gae_lambda):
     """A tiny rollout, K = 2, with known critics V(s) = c and V(s, x_k, k) = k + x_k.
@@ -344,6 +352,7 @@ def test_per_step_baseline_advantages_by_hand(gae_lambda):
         torch.testing.assert_close(batch.step_advantages, cancelled + batch.values[:, None] - v)
 
 
+@pytest.mark.artifacts
 @pytest.mark.parametrize("per_step_baseline", [False, True])
 def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path, per_step_baseline):
     agent, ppo = _small("diffppo", diffusion_steps=2, num_epochs=2, per_step_baseline=per_step_baseline)
@@ -362,6 +371,7 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path, per_s
     assert resumed.num_steps == 192
 
 
+@pytest.mark.artifacts
 def test_saved_diffppo_acts_identically(tmp_path):
     agent, _ = _small("diffppo", diffusion_steps=3)
     agent.learn(64, eval_every=0, progress=False)
@@ -371,6 +381,7 @@ def test_saved_diffppo_acts_identically(tmp_path):
     np.testing.assert_array_equal(agent.act(obs, noise=noise), loaded.act(obs, noise=noise))
 
 
+@pytest.mark.artifacts
 def test_cli_trains_ppo_and_lists_its_parameters(tmp_path):
     runner = CliRunner()
     listed = runner.invoke(cli, ["train", "--algo", "diffppo", "--list-params"])
@@ -388,6 +399,7 @@ def test_cli_trains_ppo_and_lists_its_parameters(tmp_path):
     ({"alpha": -1.0}, "alpha must be 0 or more"),
     ({"clip_range": 0.0}, "clip_range must be positive"),
 ])
+@pytest.mark.math
 def test_bad_ppo_config_says_what_to_do(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Agent("ppo", "Pendulum-v1", **overrides)

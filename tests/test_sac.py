@@ -10,6 +10,8 @@ from torch.distributions import Normal
 from diffagent import Agent
 from diffagent.algos.replay import Batch
 
+pytestmark = pytest.mark.math
+
 
 def _tiny(algo, **overrides):
     return Agent(algo, "Pendulum-v1", policy_hidden_sizes=(32, 32), critic_hidden_sizes=(32, 32),

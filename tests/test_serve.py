@@ -30,6 +30,8 @@ from serve.protocol import (DEFAULT_MAX_PAYLOAD, HEADER_SIZE, DType, ErrorCode, 
 from serve.runtime import InputError, ModelLoadError
 from serve.server import PolicyServer, ServeConfigError, check_bind
 
+pytestmark = pytest.mark.serve
+
 OBS_DIM, ACT_DIM, K = 3, 2, 2
 HIGH = np.array([2.0, 0.5], np.float32)
 W = np.arange(OBS_DIM * ACT_DIM, dtype=np.float32).reshape(OBS_DIM, ACT_DIM) / 10 - 0.2

@@ -41,6 +41,7 @@ def _grads(module):
     return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
 
 
+@pytest.mark.math
 def test_k1_gaussian_gradient_equals_the_analytical_wpo_gradient():
     """grad_theta of -E[grad_u log pi(u|s) . sg(grad_u (Q(s, tanh u) - alpha log pi))], u held fixed."""
     agent, wpo = _perturbed("wpo", fisher_preconditioning=False)
@@ -67,6 +68,7 @@ def test_k1_gaussian_gradient_equals_the_analytical_wpo_gradient():
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.math
 def test_k1_gaussian_preconditioned_gradient_is_the_pathwise_gradient_sample_by_sample():
     """With the inverse Fisher in (mean, sigma) coordinates, WPO's update of a Gaussian is SAC's reparameterised
     gradient of Q: for u = mean + sigma eps, d log pi(u)/d mean = 1/sigma^2 and d(grad_u log pi)/d log sigma =
@@ -86,6 +88,7 @@ def test_k1_gaussian_preconditioned_gradient_is_the_pathwise_gradient_sample_by_
     torch.testing.assert_close(ours, _grads(policy), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.math
 def test_natural_gradient_keeps_values_and_scales_gradients_by_the_inverse_fisher_in_sigma():
     mean, log_std = torch.randn(5, 2, requires_grad=True), torch.randn(5, 2, requires_grad=True)
     scaled_mean, scaled_log_std = natural_gradient(mean, log_std)
@@ -96,6 +99,7 @@ def test_natural_gradient_keeps_values_and_scales_gradients_by_the_inverse_fishe
     torch.testing.assert_close(log_std.grad, var / 2)  # sigma^2/2 on sigma = sigma^2/2 on log sigma (d sigma = sigma d log sigma)
 
 
+@pytest.mark.math
 def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_chain():
     """g_{k+1}: rerun the chain from each x_{k+1} with its noise fixed and differentiate the future."""
     agent, wpo = _perturbed("diffwpo", diffusion_steps=3, fisher_preconditioning=False)  # the raw signals
@@ -142,6 +146,7 @@ def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_c
     torch.testing.assert_close(ours, _grads(policy), rtol=2e-3, atol=1e-5)
 
 
+@pytest.mark.math
 def test_gaussian_kl_matches_torch_distributions():
     g = torch.Generator().manual_seed(0)
     m1, m2, s1, s2 = (torch.randn(5, 3, generator=g) for _ in range(4))
@@ -149,6 +154,7 @@ def test_gaussian_kl_matches_torch_distributions():
     torch.testing.assert_close(gaussian_kl(m1, s1, m2, s2), expected)
 
 
+@pytest.mark.math
 def test_trust_region_penalty_grows_while_the_kl_exceeds_the_bound():
     wpo = _tiny("wpo", kl_bound=1e-4, kl_penalty_lr=0.1).algorithm
     with torch.no_grad():  # put the old policy far away
@@ -164,6 +170,7 @@ def test_trust_region_penalty_grows_while_the_kl_exceeds_the_bound():
     assert wpo.log_kl_penalty.item() > before + 0.3
 
 
+@pytest.mark.artifacts
 def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     agent = _tiny("wpo", learning_starts=50, seed=1, buffer_size=1000)
     agent.learn(120, eval_every=0, checkpoint_every=60, run_dir=tmp_path, progress=False)
@@ -178,6 +185,7 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     assert resumed.num_steps == 150
 
 
+@pytest.mark.artifacts
 def test_cli_trains_diffwpo(tmp_path):
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["train", "--algo", "diffwpo", "--steps", "80", "--out", str(out),

@@ -13,6 +13,8 @@ from diffagent.bench import load_grid
 from diffagent.cli import main
 from diffagent.zoo import add_to_zoo, zoo_models
 
+pytestmark = pytest.mark.artifacts
+
 ZOO = Path(__file__).parent.parent / "zoo"
 MODELS = sorted(p for p in (ZOO / "models").glob("*") if (p / "config.json").is_file())
 
