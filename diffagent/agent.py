@@ -75,6 +75,18 @@ class LearnProgress:
     evaluations: list[dict] = field(default_factory=list)
     train_time: float = 0.0
 
+    def set_schedules(self, **schedules: int | None) -> None:
+        """Replace the schedules given (None keeps one), each checked: an integer, log_every at least 1."""
+        for name, value in schedules.items():
+            if value is not None:
+                minimum = 1 if name == "log_every" else 0
+                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+                setattr(self, name, int(value))
+        if self.eval_every and self.eval_episodes < 1:
+            raise ConfigError("eval_episodes must be at least 1 while eval_every is set; pass eval_every=0 to "
+                              "train without evaluations")
+
 
 def _resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
@@ -252,15 +264,8 @@ class Agent:
             steps = state.total_steps - self.num_steps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {steps!r}")
-        for name, value, minimum in (("eval_every", eval_every, 0), ("eval_episodes", eval_episodes, 0),
-                                     ("checkpoint_every", checkpoint_every, 0), ("log_every", log_every, 1)):
-            if value is not None:
-                if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                    raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-                setattr(state, name, int(value))
-        if state.eval_every and state.eval_episodes < 1:
-            raise ConfigError("eval_episodes must be at least 1 while eval_every is set; pass eval_every=0 to "
-                              "train without evaluations")
+        state.set_schedules(eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
+                            log_every=log_every)
         state.total_steps = self.num_steps + int(steps)
         self.progress = state
         run_path = self._claim_run_dir(Path(run_dir)) if run_dir is not None else self._run_dir
@@ -292,44 +297,40 @@ class Agent:
         return self._run_dir
 
     def _train_loop(self, algorithm: Algorithm, state: LearnProgress, run_path: Path | None, bar: Any) -> None:
-        """Train until the budget, logging every log_every steps, evaluating and checkpointing on schedule."""
-        window: dict[str, list[float]] = {}
-        last_log_time, last_log_step = time.perf_counter(), algorithm.num_steps
+        """Train until the budget: a metrics record every log_every steps, evaluations and checkpoints on schedule."""
+        window = _MetricsWindow(algorithm.num_steps)
         start = time.perf_counter()
         try:
             while algorithm.num_steps < state.total_steps:
                 before = algorithm.num_steps
-                for key, value in algorithm.train_iteration().items():
-                    window.setdefault(key, []).append(value)
-                now_step = algorithm.num_steps
-                bar.update(now_step - before)
-                finished = now_step >= state.total_steps
-                evaluate_now = state.eval_every and (_crossed(before, now_step, state.eval_every) or finished)
-                if evaluate_now or _crossed(before, now_step, state.log_every) or finished:
-                    now = time.perf_counter()
-                    record = {"step": now_step, "steps_per_second": (now_step - last_log_step) / max(now - last_log_time, 1e-9),
-                              "episodes": algorithm.num_episodes, **{k: float(np.mean(v)) for k, v in window.items()}}
-                    if algorithm.recent_returns:
-                        record["train_return"] = float(np.mean(algorithm.recent_returns))
-                    window.clear()
-                    last_log_time, last_log_step = now, now_step
+                window.add(algorithm.train_iteration())
+                step = algorithm.num_steps
+                bar.update(step - before)
+                finished = step >= state.total_steps
+                evaluate_now = state.eval_every and (_crossed(before, step, state.eval_every) or finished)
+                if evaluate_now or finished or _crossed(before, step, state.log_every):
+                    record = window.record(algorithm)
                     if evaluate_now:
-                        result = self.evaluate(state.eval_episodes)
-                        record.update(eval_return=result.mean, eval_return_std=result.std)
-                        state.evaluations.append({"step": now_step, "mean": result.mean, "std": result.std})
-                        bar.set_postfix(eval_return=f"{result.mean:.1f}")
-                    elif "train_return" in record:
-                        bar.set_postfix(train_return=f"{record['train_return']:.1f}")
+                        record.update(self._evaluate_progress(step))
+                    shown = "eval_return" if evaluate_now else "train_return"
+                    if shown in record:
+                        bar.set_postfix({shown: f"{record[shown]:.1f}"})
                     if run_path is not None:
                         with open(run_path / METRICS_FILE, "a") as f:
                             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
-                if run_path is not None and state.checkpoint_every and _crossed(before, now_step, state.checkpoint_every):
+                if run_path is not None and state.checkpoint_every and _crossed(before, step, state.checkpoint_every):
                     state.train_time += time.perf_counter() - start
                     start = time.perf_counter()
                     self.save_checkpoint(run_path)
         finally:
             bar.close()
             state.train_time += time.perf_counter() - start
+
+    def _evaluate_progress(self, step: int) -> dict[str, float]:
+        """A scheduled evaluation: kept in `progress` (results.json's curve) and returned for the metrics record."""
+        result = self.evaluate(self.progress.eval_episodes)
+        self.progress.evaluations.append({"step": step, "mean": result.mean, "std": result.std})
+        return {"eval_return": result.mean, "eval_return_std": result.std}
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -437,6 +438,30 @@ class Agent:
     def budget(self) -> int | None:
         """The step budget of the current (or resumed) run: `learn()` with no steps trains up to it."""
         return self.progress.total_steps if self.progress is not None else None
+
+
+class _MetricsWindow:
+    """The algorithm's metrics since the last record, averaged into one metrics.jsonl record per interval."""
+
+    def __init__(self, step: int):
+        self.values: dict[str, list[float]] = {}
+        self.step, self.time = step, time.perf_counter()
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.values.setdefault(key, []).append(value)
+
+    def record(self, algorithm: Algorithm) -> dict[str, Any]:
+        """The record at the algorithm's step: speed, episodes, the window's means and the recent training return."""
+        now = time.perf_counter()
+        record = {"step": algorithm.num_steps,
+                  "steps_per_second": (algorithm.num_steps - self.step) / max(now - self.time, 1e-9),
+                  "episodes": algorithm.num_episodes, **{k: float(np.mean(v)) for k, v in self.values.items()}}
+        if algorithm.recent_returns:
+            record["train_return"] = float(np.mean(algorithm.recent_returns))
+        self.values.clear()
+        self.step, self.time = algorithm.num_steps, now
+        return record
 
 
 def _saved_env(meta: dict, env_id: Any, source: str) -> EnvSource:
