@@ -208,7 +208,8 @@ class PPOConfig(AlgorithmConfig):
     cancel_past: bool = hyperparameter(False, "Weight denoising step k by A_t + alpha (log p_0(x_0) + sum_{j<k} l_j), "
                                               "not A_t; off: it raised variance.")
     per_step_baseline: bool = hyperparameter(False, "Baseline denoising step k by a critic V(s, x_k, k): GAE over the "
-                                                    "chain's sub-steps (ppo.py); cancels the past.")
+                                                    "chain's sub-steps (diffagent/algos/ppo.py); cancels the "
+                                                    "past.")
     scale_rewards: bool = hyperparameter(True, "Divide rewards by the running std of the discounted return; its "
                                                "statistics are checkpointed.")
     value_hidden_sizes: tuple[int, ...] = hyperparameter((64, 64), "Widths of the value network V(s).", widths)

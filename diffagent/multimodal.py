@@ -1,4 +1,5 @@
-"""The multimodal tasks of the benchmark (docs/algorithms.md, "The multimodal claim").
+"""The multimodal tasks of the benchmark: where the soft-optimal policy, a Boltzmann density
+(docs/algorithms.md, section 1), has several modes.
 
 A one-step bandit over a 2-D action whose reward has four well separated peaks. Its soft-optimal
 policy is the Boltzmann density pi*(a) ~ exp(r(a) / alpha) over the action box, so a trained policy

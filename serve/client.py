@@ -192,7 +192,7 @@ class Client:
 def _input_waiting_check(sock: socket.socket) -> Callable[[], bool]:
     """A non-blocking test for bytes (or the end of the stream) waiting on `sock`.
 
-    poll(2) with the socket registered once costs 0.7 us a call, half of select(2); Windows has only select.
+    poll(2) with the socket registered once costs about half of select(2) a call; Windows has only select.
     """
     if hasattr(select, "poll"):
         poller = select.poll()

@@ -1,6 +1,7 @@
 """The layering of docs/architecture.md: dependencies point one way, and click lives in the CLI only."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,28 @@ def test_click_is_imported_by_the_cli_layer_only():
                        for path in (ROOT / package).rglob("*.py")
                        if any(module.split(".")[0] == "click" for module in imported_modules(path)))
     assert importers == ["diffagent/cli.py"]
+
+
+# A file the code cites by its path from the repository root (under docs, serve, benchmarks, ...), then an
+# optional section, `, section N` or `, "Title"`, which must be one of its headings.
+REFERENCE = re.compile(r"\b((?:docs|diffagent|serve|benchmarks|tests|zoo)/[\w./-]*\w\.(?:md|py|toml))"
+                       r"(?:, section (\d+)|, \\?\"([^\"\\]+)\\?\")?")
+
+
+def test_every_file_and_section_a_docstring_cites_exists():
+    broken = []
+    for package in ("diffagent", "serve", "benchmarks", "tests"):
+        for path in (ROOT / package).rglob("*.py"):
+            for match in REFERENCE.finditer(path.read_text()):
+                cited, number, title = match.groups()
+                target = ROOT / cited
+                if not target.is_file():
+                    broken.append(f"{path.relative_to(ROOT)}: {cited}")
+                    continue
+                headings = [line.lstrip("#").strip() for line in target.read_text().splitlines()
+                            if line.startswith("#")]
+                if number and not any(h.startswith(f"{number}.") for h in headings):
+                    broken.append(f"{path.relative_to(ROOT)}: {cited}, section {number}")
+                if title and not any(title.lower() in h.lower() for h in headings):
+                    broken.append(f"{path.relative_to(ROOT)}: {cited}, {title!r}")
+    assert not broken, broken

@@ -125,7 +125,7 @@ def trace(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.jit.Scr
 
     Acting runs the chain's K small steps once per env step, the hot loop of on-policy training.
     On a CPU LiveOnnxPolicy acts; on other devices a trace runs the chain without Python's per-op
-    overhead (on a CPU it measured 3x faster than eager at K = 8, onnxruntime 4x faster again).
+    overhead (benchmarks/acting_latency.py times eager, trace and onnxruntime side by side).
     torch.jit is deprecated in favour of torch.compile, which costs ~45 s of compilation per run on CPU, more
     than short runs last; the ONNX export traces the same function (diffagent/export.py). Only the
     forward pass is traced: a traced loss computed wrong policy gradients once TorchScript's
@@ -162,7 +162,7 @@ class PPO(Algorithm):
         self.shuffler = torch.Generator().manual_seed(seed)
         # The chain is a pure function of (obs, noise) with K unrolled, so acting can run it compiled,
         # on the policy's own parameters and statistics, always with the current policy: onnxruntime on
-        # a CPU (4x faster than the trace at K = 8, see LiveOnnxPolicy), a TorchScript trace elsewhere.
+        # a CPU (the fastest there, diffagent/policies/onnx.py), a TorchScript trace elsewhere.
         self.live_policy: LiveOnnxPolicy | None = None
         if device.type == "cpu":
             self.live_policy = LiveOnnxPolicy(policy, cfg.num_envs)

@@ -10,7 +10,7 @@ and for the Gaussian policy L *is* log pi.
     alpha:   minimise -log alpha * E[L - gap + H_target],  H_target = -scale * dim(A)
 
 -E[L] is only a lower bound on a chain's entropy; `gap`, the measured distance from it to the
-entropy (policies/entropy.py: an importance-weighted estimate over backward paths), is refreshed
+entropy (diffagent/policies/entropy.py: an importance-weighted estimate over backward paths), is refreshed
 every ENTROPY_GAP_EVERY steps, so the temperature holds the *entropy* at SAC's target whatever the
 policy (docs/algorithms.md, "The entropy target"). For the Gaussian L is log pi and the gap is 0.
 """
