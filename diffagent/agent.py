@@ -508,4 +508,4 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-__all__ = ["Agent", "EvalResult", "DiffAgentError"]
+__all__ = ["Agent", "EvalResult", "LearnProgress"]
