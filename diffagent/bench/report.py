@@ -1,5 +1,5 @@
-"""The report of a grid: a table of IQM [bootstrap 95% CI] per (env, algo, budget) beside published
-references, learning curves, the multimodal bandits' mode coverage, and every number as JSON."""
+"""The report of a grid: a table of IQM [bootstrap 95% CI, or min-max below 5 seeds] per (env, algo, budget)
+beside published references, learning curves, the multimodal bandits' mode coverage, and every number as JSON."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from diffagent.agent import Agent
 from diffagent.bench.grid import Grid, env_file_name, last_metrics, read_curve, read_toml
-from diffagent.bench.stats import bootstrap_interval, iqm, score_at
+from diffagent.bench.stats import MIN_SEEDS_FOR_CI, iqm, score_at, seed_interval
 from diffagent.config import algo_spec
 from diffagent.errors import ConfigError
 from diffagent.io import RESULTS_FILE, write_json
@@ -77,7 +77,8 @@ def _steps_per_second(run_dir: Path) -> float | None:
 
 
 def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str, Any]]:
-    """One row per (env, algo, budget): per-seed scores, IQM with a bootstrap 95% interval, and more."""
+    """One row per (env, algo, budget): per-seed scores, IQM with its interval over seeds (`seed_interval`), and
+    more."""
     references = references or []
     curves = {job.run_dir: read_curve(job.run_dir) for job in grid.jobs}  # each metrics file read once
     rows = []
@@ -103,7 +104,8 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
                    "scores": scores, "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
-                row.update(iqm=iqm(values), ci=bootstrap_interval(values), mean=float(np.mean(values)),
+                interval, (low, high) = seed_interval(values)
+                row.update(iqm=iqm(values), ci=(low, high), interval=interval, mean=float(np.mean(values)),
                            std=float(np.std(values)))
             rows.append(row)
     return rows
@@ -117,7 +119,7 @@ def _format_row(row: dict[str, Any]) -> list[str]:
     low, high = row["ci"]
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
     spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}"
-    centre = f"{row['iqm']:,.1f} [{low:,.1f}, {high:,.1f}]"
+    centre = f"{row['iqm']:,.1f} [{row['interval']} {low:,.1f}, {high:,.1f}]"
     if len(row["seeds"]) == 1:  # one seed has no spread to report
         centre, spread = f"{row['iqm']:,.1f} (one seed)", "-"
     return [row["env"], row["algo"], f"{row['steps']:,}", str(len(row["seeds"])), centre, spread, speed,
@@ -125,8 +127,8 @@ def _format_row(row: dict[str, Any]) -> list[str]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results table: IQM [bootstrap 95% CI] over seeds, mean +/- std, speed, the reference beside."""
-    header = ["env", "algo", "steps", "seeds", "IQM [95% CI]", "mean +/- std", "steps/s", "reference"]
+    """The results table: IQM [its interval] over seeds, mean +/- std, speed, the reference beside."""
+    header = ["env", "algo", "steps", "seeds", "IQM [interval]", "mean +/- std", "steps/s", "reference"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(_format_row(row)) + " |" for row in rows]
     return "\n".join(lines)
@@ -137,8 +139,9 @@ FAMILY_COLOURS = {"sac": "tab:blue", "wpo": "tab:green", "ppo": "tab:purple"}
 
 
 def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
-    """Learning curves on `env_id`: IQM over seeds with a bootstrap 95% band, one panel for the
-    off-policy algorithms and one for the on-policy ones (their budgets differ tenfold)."""
+    """Learning curves on `env_id`: IQM over seeds with a band (`seed_interval`: a bootstrap 95% CI from 5 seeds,
+    the seeds' range below), one panel for the off-policy algorithms and one for the on-policy ones (their
+    budgets differ tenfold)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
 
     algos = list(dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id))
@@ -153,14 +156,15 @@ def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
             if not steps:
                 continue
             centre = [iqm(c[s] for c in curves) for s in steps]
-            bands = np.array([bootstrap_interval([c[s] for c in curves], samples=500) for s in steps])
+            bands = np.array([seed_interval([c[s] for c in curves], samples=500)[1] for s in steps])
             spec = algo_spec(algo)
             colour = FAMILY_COLOURS[spec.family]
+            band = "95% CI" if len(curves) >= MIN_SEEDS_FOR_CI else "min-max"
             ax.plot(steps, centre, color=colour, linestyle="--" if algo == spec.family else "-",
-                    label=f"{algo} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+                    label=f"{algo} ({len(curves)} seed{'s' if len(curves) > 1 else ''}, {band})")
             ax.fill_between(steps, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
             drawn = True
-        ax.set(title=f"{env_id}: evaluation return (IQM, 95% CI)", xlabel="environment steps", ylabel="return")
+        ax.set(title=f"{env_id}: evaluation return (IQM and its band)", xlabel="environment steps", ylabel="return")
         ax.grid(alpha=0.3)
         ax.legend()
     if not drawn:
@@ -237,7 +241,8 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              f"Grid `{grid.path.name}`; report written {info['date']} on {machine['cpu']} ({machine['cores']} "
              "cores) with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
              "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
-             "of each seed); IQM and a percentile-bootstrap 95% interval across seeds; steps/s is the "
+             f"of each seed); IQM across seeds, with a percentile-bootstrap 95% CI from {MIN_SEEDS_FOR_CI} seeds on "
+             "and the seeds' min-max below; steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]

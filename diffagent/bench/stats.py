@@ -7,6 +7,9 @@ from typing import Callable, Iterable
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
+# Below this many seeds a percentile bootstrap only restates the seeds' range (for 2 seeds it is [min, max]),
+# so a report shows the range and calls it that.
+MIN_SEEDS_FOR_CI = 5
 
 
 def score_at(curve: dict[int, float], budget: int) -> float | None:
@@ -32,3 +35,12 @@ def bootstrap_interval(values: Iterable[float], statistic: Callable[[np.ndarray]
     draws = [statistic(data[rng.integers(0, len(data), len(data))]) for _ in range(samples)]
     low, high = np.percentile(draws, [2.5, 97.5])
     return float(low), float(high)
+
+
+def seed_interval(values: Iterable[float], samples: int = BOOTSTRAP_SAMPLES) -> tuple[str, tuple[float, float]]:
+    """The interval a report shows over seeds, with its name: ("95% CI", the bootstrap interval of the IQM)
+    from MIN_SEEDS_FOR_CI seeds on, ("min-max", the seeds' range) below."""
+    data = np.asarray(list(values), dtype=np.float64)
+    if len(data) >= MIN_SEEDS_FOR_CI:
+        return "95% CI", bootstrap_interval(data, samples=samples)
+    return "min-max", (float(data.min()), float(data.max()))
