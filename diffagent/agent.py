@@ -16,7 +16,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import gymnasium as gym
 import numpy as np
@@ -24,15 +24,17 @@ import torch
 
 from diffagent import __version__
 from diffagent.algos import ALGORITHM_CLASSES, Algorithm
+from diffagent.callbacks import Callback, CallbackList, TensorBoardCallback
 from diffagent.config import Config, algo_spec, applicable, make_config
-from diffagent.envs import (EnvSource, UnavailableEnv, check_spaces, env_factory, registered_env_id, space_from_dict,
-                            space_to_dict)
+from diffagent.envs import (EnvRecipe, EnvSource, UnavailableEnv, check_spaces, env_factory, flat_observations,
+                            space_from_dict, space_to_dict)
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError
 from diffagent.io import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, RESULTS_FILE, atomic_write, has_checkpoint,
                           json_safe, load_checkpoint, load_pretrained, read_jsonl, run_lock, save_artifact,
                           save_checkpoint, write_json)
 from diffagent.policies import Policy, make_policy
 from diffagent.policies.onnx import LiveOnnxPolicy
+from serve.contract import flatten_observation, observation_layout
 
 
 @dataclass
@@ -74,6 +76,8 @@ class LearnProgress:
     log_every: int
     evaluations: list[dict] = field(default_factory=list)
     train_time: float = 0.0
+    tensorboard: bool = False
+    """Whether the run directory gets TensorBoard event files (kept by a resumed run)."""
 
     def set_schedules(self, **schedules: int | None) -> None:
         """Replace the schedules given (None keeps one), each checked: an integer, log_every at least 1."""
@@ -105,7 +109,11 @@ class Agent:
 
     Args:
         algo: one of `diffagent.config.ALGORITHMS` (sac, diffsac, ...).
-        env: a Gymnasium id, an env instance, or a zero-argument factory. Box actions only.
+        env: a Gymnasium id (`my_module:MyEnv-v0` imports my_module first, as gym.make does), an env
+            instance, or a zero-argument factory. Box actions; observations a 1-D Box or a Dict of them.
+        env_kwargs: keyword arguments of `gym.make` for an env id; recorded in config.json.
+        wrappers: wrappers applied to an env id's env, in order: each a gym.Wrapper class, "module:Class"
+            or {"module:Class": {kwargs}}; recorded in config.json.
         device: 'cpu', 'cuda' or 'auto'.
         **overrides: hyperparameters of the algorithm's config, by name (`diffagent train --algo ALGO
             --list-params` lists them); one that the algorithm does not use is a ConfigError.
@@ -116,18 +124,24 @@ class Agent:
         progress: the `LearnProgress` of the current or resumed run, None before the first `learn`.
     """
 
-    def __init__(self, algo: str, env: EnvSource, *, device: str | torch.device = "cpu", **overrides: Any):
+    def __init__(self, algo: str, env: EnvSource, *, env_kwargs: Mapping[str, Any] | None = None,
+                 wrappers: Iterable[Any] = (), device: str | torch.device = "cpu", **overrides: Any):
         self.algo = algo.lower()
         self.spec = algo_spec(self.algo)
         self.config: Config = make_config(self.algo, overrides)
         self.device = _resolve_device(device)
-        self._make_env, self.env_id = env_factory(env)
-        first_env = self._make_env()
+        make_env, self.env_recipe = env_factory(env, env_kwargs, wrappers)
+        self.env_id = self.env_recipe.env_id
+        first_env = make_env()
         self.observation_space, self.action_space = check_spaces(first_env, self.env_id)
-        self._env_pool = [first_env]  # handed to the algorithm or the evaluator, whoever asks first
+        # A Dict observation: the policy, the algorithms and the ONNX graph see its values concatenated in key order
+        self.observation_layout = observation_layout(space_to_dict(self.observation_space))
+        self._make_env = lambda: flat_observations(make_env())
+        self._env_pool = [flat_observations(first_env)]  # handed to the algorithm or the evaluator, whoever asks first
         torch.manual_seed(self.config.run.seed)
-        self.policy: Policy = make_policy(self.config.policy, self.observation_space.shape[0],
-                                          self.action_space.low, self.action_space.high).to(self.device)
+        obs_dim = gym.spaces.flatdim(self.observation_space)
+        self.policy: Policy = make_policy(self.config.policy, obs_dim, self.action_space.low,
+                                          self.action_space.high).to(self.device)
         self.progress: LearnProgress | None = None
         self._algorithm: Algorithm | None = None
         self._eval_env: gym.Env | None = None
@@ -162,9 +176,11 @@ class Agent:
         return self._env_pool.pop() if self._env_pool else self._make_env()
 
     # --- acting --------------------------------------------------------------------------------------
-    def act(self, obs: np.ndarray, deterministic: bool = False, noise: np.ndarray | None = None) -> np.ndarray:
+    def act(self, obs: np.ndarray | Mapping[str, np.ndarray], deterministic: bool = False,
+            noise: np.ndarray | None = None) -> np.ndarray:
         """Actions in the env's units for one observation (obs_dim,) or a batch (B, obs_dim), from the torch policy.
 
+        A Dict observation is a mapping of each key to its value, (size,) or a batch (B, size).
         `noise` (K+1, act_dim) or (B, K+1, act_dim) fixes the chain's randomness; zero noise is the
         deterministic action. Any finite input gives an action inside the box; NaN or inf (also beyond
         float32's range) is an InputError, as in `serve`. For fast acting on one observation at a time,
@@ -172,9 +188,26 @@ class Agent:
         """
         return self._act(self.policy, obs, deterministic, noise)
 
+    def predict(self, observation: np.ndarray | Mapping[str, np.ndarray], state: Any = None,
+                episode_start: np.ndarray | None = None, deterministic: bool = False) -> tuple[np.ndarray, Any]:
+        """Stable-Baselines3's `predict`: (actions, state) for one observation or a batch, so SB3's
+        `evaluate_policy`, rl-zoo3-style enjoy scripts and other SB3 code drive an Agent as is. The
+        policy keeps no recurrent state: `state` comes back as given and `episode_start` is not needed."""
+        return self.act(observation, deterministic=deterministic), state
+
     def _act(self, policy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], obs: Any, deterministic: bool,
              noise: Any) -> np.ndarray:
         """`act` through `policy`: the torch policy, or the ONNX backend that evaluate uses."""
+        if isinstance(obs, Mapping):
+            if self.observation_layout is None:
+                raise InputError(f"{self.env_id} has a Box observation space; pass an array, not a mapping")
+            try:
+                obs = flatten_observation(obs, self.observation_layout)
+            except ValueError as err:
+                raise InputError(str(err)) from None
+        elif self.observation_layout is not None and np.shape(obs)[-1:] != (self.policy.obs_dim,):
+            raise InputError(f"{self.env_id} has a Dict observation space: pass a mapping of "
+                             f"{[key for key, _ in self.observation_layout]} to arrays, or their concatenation")
         obs_array = _finite_array(obs, "observation")
         single = obs_array.ndim == 1
         obs_dim = self.policy.obs_dim
@@ -240,6 +273,7 @@ class Agent:
     # --- training -------------------------------------------------------------------------------------
     def learn(self, steps: int | None = None, *, eval_every: int | None = None, eval_episodes: int | None = None,
               run_dir: str | Path | None = None, checkpoint_every: int | None = None, log_every: int | None = None,
+              tensorboard: bool | None = None, callbacks: Callback | Iterable[Callback] = (),
               progress: bool | None = None) -> "Agent":
         """Train `steps` more environment steps (Stable-Baselines3's convention: `learn(n)` twice trains 2n).
 
@@ -248,11 +282,13 @@ class Agent:
         the previous `learn` call or from the resumed checkpoint, else takes its default
         (LEARN_DEFAULTS); one given replaces it from now on. `eval_every=0` turns periodic evaluation off.
 
-        With a run directory, metrics go to run_dir/metrics.jsonl, resumable checkpoints to
-        run_dir/checkpoints/ (one as training starts, then every `checkpoint_every` steps), and the final
-        agent and its evaluation to run_dir (config.json, model.safetensors, results.json). A directory
-        that holds another run is refused: resume it with `Agent.resume`, or choose another.
-        `progress=None` shows a progress bar only on a terminal.
+        With a run directory, metrics go to run_dir/metrics.jsonl (and, with `tensorboard`, as TensorBoard
+        event files to run_dir itself), resumable checkpoints to run_dir/checkpoints/ (one as training
+        starts, then every `checkpoint_every` steps), and the final agent and its evaluation to run_dir
+        (config.json, model.safetensors, results.json). A directory that holds another run is refused:
+        resume it with `Agent.resume`, or choose another. `callbacks` (diffagent.callbacks, SB3's) run
+        at every step, evaluation and metrics record, and may stop training early; the budget is then
+        the steps trained. `progress=None` shows a progress bar only on a terminal.
         """
         from tqdm.auto import tqdm
 
@@ -267,8 +303,14 @@ class Agent:
         state.set_schedules(eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
                             log_every=log_every)
         state.total_steps = self.num_steps + int(steps)
+        state.tensorboard = state.tensorboard if tensorboard is None else bool(tensorboard)
         self.progress = state
         run_path = self._claim_run_dir(Path(run_dir)) if run_dir is not None else self._run_dir
+        callbacks = CallbackList([callbacks] if isinstance(callbacks, Callback) else callbacks)
+        if state.tensorboard:
+            if run_path is None:
+                raise ConfigError("tensorboard=True writes its event files to the run directory: pass run_dir")
+            callbacks.callbacks.append(TensorBoardCallback(run_path))
         with run_lock(run_path) if run_path is not None else contextlib.nullcontext():
             algorithm = self.algorithm
             algorithm.total_steps = state.total_steps
@@ -278,7 +320,7 @@ class Agent:
                     self._trim_metrics = False
                 if not has_checkpoint(run_path):  # from the first step on, a killed run can be resumed
                     self.save_checkpoint(run_path)
-            self._train_loop(algorithm, state, run_path, tqdm(
+            self._train_loop(algorithm, state, run_path, callbacks, tqdm(
                 total=state.total_steps, initial=algorithm.num_steps, unit="step", dynamic_ncols=True,
                 disable=None if progress is None else not progress))
             if run_path is not None:
@@ -296,12 +338,16 @@ class Agent:
             self._run_dir = resolved
         return self._run_dir
 
-    def _train_loop(self, algorithm: Algorithm, state: LearnProgress, run_path: Path | None, bar: Any) -> None:
-        """Train until the budget: a metrics record every log_every steps, evaluations and checkpoints on schedule."""
+    def _train_loop(self, algorithm: Algorithm, state: LearnProgress, run_path: Path | None, callbacks: CallbackList,
+                    bar: Any) -> None:
+        """Train until the budget or a callback's stop: a metrics record every log_every steps, evaluations and
+        checkpoints on schedule."""
         window = _MetricsWindow(algorithm.num_steps)
         start = time.perf_counter()
+        callbacks.on_training_start(self)
         try:
-            while algorithm.num_steps < state.total_steps:
+            keep_going = True
+            while keep_going and algorithm.num_steps < state.total_steps:
                 before = algorithm.num_steps
                 window.add(algorithm.train_iteration())
                 step = algorithm.num_steps
@@ -311,32 +357,39 @@ class Agent:
                 if evaluate_now or finished or _crossed(before, step, state.log_every):
                     record = window.record(algorithm)
                     if evaluate_now:
-                        record.update(self._evaluate_progress(step))
+                        result = self._evaluate_progress(step)
+                        record.update(eval_return=result.mean, eval_return_std=result.std)
+                        keep_going = callbacks.on_evaluation(self, result)
                     shown = "eval_return" if evaluate_now else "train_return"
                     if shown in record:
                         bar.set_postfix({shown: f"{record[shown]:.1f}"})
                     if run_path is not None:
                         with open(run_path / METRICS_FILE, "a") as f:
                             f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
+                    callbacks.on_log(self, record)
+                keep_going = callbacks.on_step(self) and keep_going
                 if run_path is not None and state.checkpoint_every and _crossed(before, step, state.checkpoint_every):
                     state.train_time += time.perf_counter() - start
                     start = time.perf_counter()
                     self.save_checkpoint(run_path)
+            if not keep_going:  # a callback stopped the run: it is finished at the steps it trained
+                state.total_steps = algorithm.num_steps
         finally:
             bar.close()
             state.train_time += time.perf_counter() - start
+            callbacks.on_training_end(self)
 
-    def _evaluate_progress(self, step: int) -> dict[str, float]:
-        """A scheduled evaluation: kept in `progress` (results.json's curve) and returned for the metrics record."""
+    def _evaluate_progress(self, step: int) -> EvalResult:
+        """A scheduled evaluation, kept in `progress` (results.json's curve)."""
         result = self.evaluate(self.progress.eval_episodes)
         self.progress.evaluations.append({"step": step, "mean": result.mean, "std": result.std})
-        return {"eval_return": result.mean, "eval_return_std": result.std}
+        return result
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
         """What config.json holds, and a checkpoint beside its state."""
         return {"format_version": FORMAT_VERSION, "library": "diffagent", "library_version": __version__,
-                "algo": self.algo, "policy": self.spec.policy.family, "env_id": self.env_id,
+                "algo": self.algo, "policy": self.spec.policy.family, **self.env_recipe.to_meta(),
                 "observation_space": space_to_dict(self.observation_space),
                 "action_space": space_to_dict(self.action_space), "config": self.config.to_dict()}
 
@@ -360,15 +413,19 @@ class Agent:
 
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | Path, env: EnvSource | None = None, *,
-                        revision: str | None = None, device: str | torch.device = "cpu") -> "Agent":
+                        revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | Path | None = None, local_files_only: bool = False,
+                        device: str | torch.device = "cpu") -> "Agent":
         """Load an agent from a directory written by `save_pretrained`, or from a Hub repo `org/name`.
 
         A missing local path (./x, /x, ~/x, a/b/c, or a/b where a/ exists) is an error, never a Hub
         lookup. A repo is downloaded at `revision` (branch, tag or commit; default main) into the Hub
-        cache and loads offline from there (HF_HUB_OFFLINE=1). Only JSON and safetensors are read.
-        `env` overrides the saved env id, for envs that are not registered with Gymnasium.
+        cache (or `cache_dir`), with `token` for a private one, and loads offline from there
+        (HF_HUB_OFFLINE=1, or `local_files_only`). Only JSON and safetensors are read. `env` overrides
+        the saved env, for envs that are not registered with Gymnasium.
         """
-        meta, weights, source = load_pretrained(path_or_repo_id, revision)
+        meta, weights, source = load_pretrained(path_or_repo_id, revision, token=token, cache_dir=cache_dir,
+                                                local_files_only=local_files_only)
         return cls._from_meta(meta, weights, env, device, source=source)
 
     @classmethod
@@ -383,9 +440,12 @@ class Agent:
             make_config(algo, config)  # every value is checked before anything is built from it
         except ConfigError as err:
             raise ArtifactError(f"{source}: cannot rebuild the agent from config.json: {err}") from None
+        recipe = None
         if env is None:
-            env = _saved_env(meta, env_id, source)
+            env, recipe = _saved_env(meta, source)
         agent = cls(algo, env, device=device, **config)
+        if recipe is not None:  # kept, so a re-save records the same env, made here or not
+            agent.env_recipe, agent.env_id = recipe, recipe.env_id
         expected = agent.policy.state_dict()
         for name, tensor in weights.items():
             problem = None
@@ -464,21 +524,24 @@ class _MetricsWindow:
         return record
 
 
-def _saved_env(meta: dict, env_id: Any, source: str) -> EnvSource:
-    """The saved env made here when its id is registered, or else a stand-in with the saved spaces
-    (acting needs no env). The id is only looked up, never imported (`registered_env_id`)."""
+def _saved_env(meta: dict, source: str) -> tuple[EnvSource, EnvRecipe]:
+    """The saved env (its recipe: id, kwargs, wrappers) made here when its id is registered and its wrappers'
+    modules are imported, or else a stand-in with the saved spaces (acting needs no env). Nothing is
+    imported (`EnvRecipe.from_meta`, `WrapperSpec.resolve`)."""
     try:
-        registered = registered_env_id(env_id)
+        recipe = EnvRecipe.from_meta(meta)
         spaces = space_from_dict(meta.get("observation_space")), space_from_dict(meta.get("action_space"))
     except ValueError as err:
         raise ArtifactError(f"{source}: config.json is invalid: {err}.") from None
-    reason = f"{env_id} is not registered with Gymnasium here; import the package that registers it first"
-    if registered is not None:
+    package = recipe.module or "the package that registers it"
+    reason = (f"{recipe.env_id} is not registered with Gymnasium here; import {package} first "
+              f"(`--gym-packages {recipe.module or 'PACKAGE'}` on the command line)")
+    if recipe.env_id in gym.registry:
         try:
-            return gym.make(registered)
+            return recipe.make(may_import=False), recipe
         except Exception as err:  # a missing package (mujoco), a failing constructor: both mean "not here"
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return lambda: UnavailableEnv(env_id, *spaces, reason)
+    return (lambda: UnavailableEnv(recipe.env_id, *spaces, reason)), recipe
 
 
 def _finite_array(values: Any, what: str) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ from pathlib import Path
 import click
 
 from diffagent.agent import Agent
-from diffagent.bench import load_grid, load_hyperparameters, read_curve, run_grid, write_report
+from diffagent.bench import load_grid, load_hyperparameters, read_curve, run_grid, split_env_settings, write_report
 from diffagent.config import ALGORITHMS, make_config, parse_overrides
+from diffagent.envs import import_packages, parse_env_kwargs, split_env_id
 from diffagent.errors import DiffAgentError
 from diffagent.export import PARITY_TOLERANCE, export_onnx, format_parity, verify_onnx
 from diffagent.io import METRICS_FILE, has_checkpoint, json_safe
-from diffagent.publish import default_repo_id, push
+from diffagent.publish import DEFAULT_LICENSE, default_repo_id, push
 from diffagent.zoo import DEFAULT_MODELS_DIR, add_to_zoo, push_zoo, zoo_models
 from serve.contract import ONNX_FILE
 from serve.server import main as serve_main
@@ -45,6 +47,28 @@ def friendly_errors(command):
     return wrapper
 
 
+def imports_gym_packages(command):
+    """Give a command `--gym-packages MODULE`: the modules named are imported before it runs, to register the
+    user's envs and define their wrappers (rl-zoo3's option). Importing is the user's choice, made here on
+    the command line; loading an artifact never imports anything."""
+    @click.option("--gym-packages", "gym_packages", multiple=True, metavar="MODULE",
+                  help="Import MODULE first: it registers your envs or defines your wrappers (repeatable).")
+    @functools.wraps(command)
+    def wrapper(*args, gym_packages, **kwargs):
+        if gym_packages:
+            _find_modules_in_working_directory()
+            import_packages(gym_packages)
+        return command(*args, **kwargs)
+    return wrapper
+
+
+def _find_modules_in_working_directory() -> None:
+    """Let the user's modules be found as `python -m` finds them, in the working directory first (the
+    `diffagent` script's own folder is on sys.path instead)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -60,24 +84,30 @@ def main() -> None:
 
 @main.command()
 @click.option("--algo", default=DEFAULT_ALGO, show_default=True, help=f"One of: {', '.join(ALGORITHMS)}.")
-@click.option("--env", "env_id", default=DEFAULT_ENV, show_default=True, help="Gymnasium environment id (Box actions).")
+@click.option("--env", "env_id", default=DEFAULT_ENV, show_default=True,
+              help="Gymnasium environment id (Box actions); your own: my_module:MyEnv-v0 imports my_module first.")
+@click.option("--env-kwargs", "env_kwargs", multiple=True, metavar="KEY=VALUE",
+              help="A keyword argument of gym.make, VALUE read as JSON, e.g. --env-kwargs g=9.81 (repeatable).")
 @click.option("--steps", default=DEFAULT_STEPS, show_default=True, type=int, help="Total environment steps.")
 @click.option("--seed", default=None, type=int, help="Seed of torch, numpy and the envs [default: 0].")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ALGO-ENV-sSEED].")
 @click.option("--hparams", "hparams_file", type=click.Path(dir_okay=False),
-              help="TOML file of hyperparameters with an [ALGO] table, e.g. zoo/hyperparams/Hopper-v4.toml.")
+              help="TOML file of hyperparameters with an [ALGO] table, e.g. zoo/hyperparams/Hopper-v4.toml; its "
+                   "env_wrapper and env_kwargs make the env.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a hyperparameter, e.g. --set batch_size=512 (repeatable; wins over --hparams).")
 @click.option("--eval-every", default=None, type=int, help="Evaluate every N steps [default: steps/10].")
 @click.option("--eval-episodes", default=5, show_default=True, type=int)
 @click.option("--checkpoint-every", default=None, type=int,
               help="Checkpoint every N steps, and once at the start [default: at each evaluation, at most every 10,000].")
+@click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to the run directory.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", default=None, type=int, help="torch intra-op threads (default: torch's choice).")
 @click.option("--list-params", is_flag=True, help="List the algorithm's hyperparameters and exit.")
 @friendly_errors
-def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, eval_episodes, checkpoint_every, device,
-          threads, list_params):
+@imports_gym_packages
+def train(algo, env_id, env_kwargs, steps, seed, out, hparams_file, overrides, eval_every, eval_episodes,
+          checkpoint_every, tensorboard, device, threads, list_params):
     """Train an agent; the run directory gets the artifact, metrics.jsonl and checkpoints.
 
     With no options: DiffSAC on Pendulum-v1 for 6,000 steps (a few minutes on a laptop CPU).
@@ -88,22 +118,29 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
         return
     _set_threads(threads)
     values = parse_overrides(overrides)
+    env_settings = {"env_kwargs": parse_env_kwargs(env_kwargs), "wrappers": []}
     if hparams_file:
-        values = {**load_hyperparameters(hparams_file, algo), **values}
+        hyperparameters, file_env = split_env_settings(load_hyperparameters(hparams_file, algo), hparams_file)
+        values = {**hyperparameters, **values}
+        env_settings = {"env_kwargs": {**file_env["env_kwargs"], **env_settings["env_kwargs"]},
+                        "wrappers": file_env["wrappers"]}
     elif (algo, env_id) == (DEFAULT_ALGO, DEFAULT_ENV):
         values = {**QUICKSTART_OVERRIDES, **values}
     if seed is not None and "seed" in values:
         raise click.ClickException(f"the seed is given twice (--seed {seed} and seed={values['seed']} in --set or "
                                    "--hparams); give it once")
     values.setdefault("seed", 0 if seed is None else seed)
-    out = Path(out or f"runs/{algo}-{env_id}-s{values['seed']}")
+    module, plain_id = split_env_id(env_id)
+    out = Path(out or f"runs/{algo}-{plain_id}-s{values['seed']}")
     if has_checkpoint(out) or (out / METRICS_FILE).exists():
         raise click.ClickException(f"{out} already holds a run; continue it with `diffagent resume {out}`, "
                                    "or delete it, or pass another --out")
-    agent = Agent(algo, env_id, device=device, **values)
+    if module:
+        _find_modules_in_working_directory()
+    agent = Agent(algo, env_id, device=device, **env_settings, **values)
     eval_every = eval_every if eval_every is not None else max(steps // 10, 1)
     click.echo(f"training {algo} on {env_id} for {steps} steps -> {out}")
-    agent.learn(steps, eval_every=eval_every, eval_episodes=eval_episodes, run_dir=out,
+    agent.learn(steps, eval_every=eval_every, eval_episodes=eval_episodes, run_dir=out, tensorboard=tensorboard,
                 checkpoint_every=checkpoint_every if checkpoint_every is not None else min(eval_every or 10_000, 10_000))
     _report(agent, out)
 
@@ -114,6 +151,7 @@ def train(algo, env_id, steps, seed, out, hparams_file, overrides, eval_every, e
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", default=None, type=int)
 @friendly_errors
+@imports_gym_packages
 def resume(run_dir, steps, device, threads):
     """Continue a killed or finished run from its last checkpoint."""
     _set_threads(threads)
@@ -137,6 +175,7 @@ def resume(run_dir, steps, device, threads):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
+@imports_gym_packages
 def evaluate(model, episodes, stochastic, seed, revision, device, as_json):
     """Evaluate a saved agent: a run or artifact directory, or a Hub repo id ORG/NAME."""
     agent = Agent.from_pretrained(model, revision=revision, device=device)
@@ -262,8 +301,14 @@ def export(model_dir, out, sample_noise, verify):
 @click.option("--video/--no-video", default=True, show_default=True,
               help="Record replay.mp4 (skipped, with a message, without a renderer or the video extra).")
 @click.option("--message", "commit_message", default=None, help="Commit message [default: algo, env and reward].")
+@click.option("--branch", default=None, help="Commit to this branch (created from main if new) [default: main].")
+@click.option("--create-pr", is_flag=True, help="Open a pull request against main instead of committing.")
+@click.option("--license", "license_id", default=DEFAULT_LICENSE, show_default=True,
+              help="The model card's license, a Hub license id (mit, cc-by-4.0, other, ...).")
 @friendly_errors
-def push_command(directory, repo_id, private, token, eval_episodes, video, commit_message):
+@imports_gym_packages
+def push_command(directory, repo_id, private, token, eval_episodes, video, commit_message, branch, create_pr,
+                 license_id):
     """Push an artifact directory to the Hugging Face Hub as ORG/NAME, with a model card.
 
     ORG alone pushes to ORG/ALGO-ENV_ID. Only the artifact files are uploaded (config.json,
@@ -274,8 +319,8 @@ def push_command(directory, repo_id, private, token, eval_episodes, video, commi
     if "/" not in repo_id:
         repo_id = default_repo_id(repo_id, agent.algo, agent.env_id)
     click.echo(f"evaluating {agent.algo} on {agent.env_id} ({eval_episodes} episodes), then pushing to {repo_id}")
-    url = push(directory, repo_id, token=token, private=private, commit_message=commit_message,
-               eval_episodes=eval_episodes, video=video, agent=agent)
+    url = push(directory, repo_id, token=token, private=private, branch=branch, create_pr=create_pr,
+               commit_message=commit_message, eval_episodes=eval_episodes, video=video, license=license_id, agent=agent)
     click.echo(f"pushed: {url}")
 
 

@@ -9,6 +9,10 @@ action box out, so a robot feeds raw observations and gets actions in the env's 
              noise  float32 [batch, K+1, act_dim]  standard normal; zeros give the deterministic action
     output   action float32 [batch, act_dim]       inside the action box
 
+A Dict observation (a Dict of 1-D Boxes) is one `obs` row: its keys' values concatenated in the order
+the metadata's observation_space lists them, Gymnasium's Dict order (serve/contract.py; serve's
+runtime and client take the mapping and lay it out so).
+
 The second form (`sample_noise=True`) has `obs` as its only input and draws the noise inside the
 graph with RandomNormalLike, for callers with no noise to give. Each call draws afresh from a generator
 that onnxruntime seeds, when the session is created, with its process-wide seed (random per process,
@@ -46,7 +50,7 @@ from diffagent.errors import ArtifactError
 from diffagent.io import atomic_write
 from diffagent.policies import Policy
 from diffagent.policies.onnx import INPUTS, OUTPUT, trace_to_onnx
-from serve.contract import FORMAT_VERSION, ONNX_FILE, ModelLoadError, PolicyMetadata
+from serve.contract import FORMAT_VERSION, ONNX_FILE, ModelLoadError, PolicyMetadata, observation_layout
 
 if TYPE_CHECKING:
     from diffagent.agent import Agent
@@ -175,8 +179,10 @@ def _sample_obs(policy: Policy, space: dict, batch: int, rng: np.random.Generato
     norm = policy.obs_normalizer
     if norm.enabled and norm.count > 0:
         center, scale = norm.mean.cpu().numpy(), norm.var.sqrt().cpu().numpy()
-    else:  # across the box; unit scale on unbounded sides
-        low, high = (np.array([np.nan if v is None else v for v in space[k]], np.float64) for k in ("low", "high"))
+    else:  # across the box (every key's, for a Dict); unit scale on unbounded sides
+        boxes = space["spaces"] if observation_layout(space) is not None else [space]
+        low, high = (np.array([np.nan if v is None else v for box in boxes for v in box[k]], np.float64)
+                     for k in ("low", "high"))
         bounded = np.isfinite(low) & np.isfinite(high)
         center = np.where(bounded, (low + high) / 2, 0.0)
         scale = np.where(bounded, (high - low) / 2, 1.0)

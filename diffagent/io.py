@@ -17,10 +17,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -28,15 +29,12 @@ from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
 from serve.contract import ModelLoadError
 from serve.hub import download, is_local_path, repo_id_problem
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; training into one directory twice is on the user
-    fcntl = None
-
-# Version 2: config.json lists only the hyperparameters its algorithm uses. Version 1 listed every field
-# of one flat config, those the algorithm ignored included; loading drops those (config.applicable), as
-# they did nothing. The ONNX graph has its own version, serve's (serve/contract.py).
-FORMAT_VERSION = 2
+# Version 3: config.json may describe a Dict observation space and records how the env is made (env_module,
+# env_kwargs, env_wrappers). Version 2: config.json lists only the hyperparameters its algorithm uses.
+# Version 1 listed every field of one flat config, those the algorithm ignored included; loading drops
+# those (config.applicable), as they did nothing. The ONNX graph has its own version, serve's
+# (serve/contract.py).
+FORMAT_VERSION = 3
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"
@@ -44,7 +42,6 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"  # in CHECKPOINT_DIR: names the last complete checkpoint
 METRICS_FILE = "metrics.jsonl"  # in a run directory: one JSON record per log interval
 LOCK_FILE = ".lock"
-HELD_LOCK_ENV = "DIFFAGENT_HELD_LOCK"
 _TENSOR_KEY = "__tensor__"
 # A config.json or a checkpoint's state.json is a few kB to a few MB (the JSON skeleton of the state;
 # tensors live in safetensors): a larger file is not one diffagent wrote.
@@ -210,13 +207,15 @@ def load_artifact(directory: str | Path, root: str | Path | None = None) -> tupl
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.onnx", "*.md"]
 
 
-def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = None
-                    ) -> tuple[dict, dict[str, torch.Tensor], str]:
+def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = None, *,
+                    token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
+                    local_files_only: bool = False) -> tuple[dict, dict[str, torch.Tensor], str]:
     """(config.json contents, policy tensors, a name for messages) of a local artifact or a Hub repo.
 
     An existing directory is loaded as is. A `pathlib.Path`, or a string that looks like a path
     (./x, /x, ~/x, a/b/c, or a/b where a/ exists), is never looked up on the Hub. `org/name` is
-    downloaded at `revision` (branch, tag or commit hash; default main) into the Hub cache.
+    downloaded at `revision` (branch, tag or commit hash; default main) into the Hub cache, with
+    huggingface_hub's `token`, `cache_dir` and `local_files_only`.
     """
     text = os.fspath(path_or_repo_id)
     local = Path(text).expanduser()
@@ -234,7 +233,8 @@ def load_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None = N
                             f"Hugging Face repo id: {problem}.")
     source = text if revision is None else f"{text}@{revision}"
     try:
-        directory = download(text, DOWNLOAD_PATTERNS, revision)
+        directory = download(text, DOWNLOAD_PATTERNS, revision, token=token, cache_dir=cache_dir,
+                             local_files_only=local_files_only)
     except ModelLoadError as err:
         raise ArtifactError(str(err)) from None
     try:
@@ -303,55 +303,40 @@ def load_checkpoint(run_dir: str | Path) -> dict:
 
 
 @contextlib.contextmanager
-def run_lock(run_dir: str | Path, wait_seconds: float = 2.0) -> Iterator[IO | None]:
-    """Hold an exclusive lock on a run directory while training writes to it; yields the lock file.
+def run_lock(run_dir: str | Path, wait_seconds: float = 2.0) -> Iterator[None]:
+    """Hold an exclusive lock on a run directory while training writes to it.
 
     Two processes training into one directory would interleave their checkpoints and metrics; the
-    second is refused (after `wait_seconds`, which rides out a brief `bench status` probe) with the
-    first one's pid. The lock dies with the last process holding it, so a kill never leaves a stale
-    one. A process started by `diffagent bench run` inherits the lock its runner took for it (named
-    in DIFFAGENT_HELD_LOCK) and so does not lock again.
+    second is refused after `wait_seconds`, which rides out a brief `bench status` probe. The lock
+    is filelock's (flock on POSIX, LockFileEx on Windows): it dies with the process holding it, so a
+    kill never leaves a stale one.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_FILE
-    if os.environ.get(HELD_LOCK_ENV) == str(path.resolve()):
-        yield None
-        return
-    with open(path, "a+") as handle:
-        if fcntl is not None:
-            deadline = time.monotonic() + wait_seconds
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        handle.seek(0)
-                        holder = handle.read().strip()
-                        raise DiffAgentError(f"{run_dir} is being trained by another process"
-                                             f"{f' (pid {holder})' if holder else ''}; wait for it to finish, or "
-                                             "stop it, or train into another directory") from None
-                    time.sleep(0.05)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield handle
+    lock = FileLock(run_dir / LOCK_FILE, timeout=wait_seconds)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise DiffAgentError(f"{run_dir} is being trained by another process; wait for it to finish, or stop it, or "
+                             "train into another directory") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def run_is_locked(run_dir: str | Path) -> bool:
-    """Whether a process holds `run_lock` on run_dir now; a shared probe that writes nothing."""
+    """Whether a process holds `run_lock` on run_dir now (a probe that holds the lock for an instant if free)."""
     path = Path(run_dir) / LOCK_FILE
-    if fcntl is None or not path.is_file():
+    if not path.is_file():
         return False
-    with open(path) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    probe = FileLock(path, timeout=0)
+    try:
+        probe.acquire()
+    except Timeout:
+        return True
+    probe.release()
+    return False
 
 
 def has_checkpoint(run_dir: str | Path) -> bool:

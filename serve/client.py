@@ -3,6 +3,7 @@
     with serve.Client("127.0.0.1", 8870) as client:
         action = client.act(obs)                      # (obs_dim,) -> (act_dim,)
         actions = client.act(obs_batch, deterministic=True)
+        action = client.act({"observation": o, "desired_goal": g})   # a Dict observation, by its keys
         info = client.metadata()
 """
 
@@ -12,10 +13,11 @@ import json
 import select
 import socket
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from serve.contract import flatten_observation, observation_layout
 from serve.protocol import (DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, FATAL_ERRORS, HEADER_SIZE, DType, ErrorCode, Flags,
                             MsgType, ProtocolError, float32_payload, pack_header, parse_error, parse_header)
 
@@ -64,6 +66,7 @@ class Client:
         self._input_waiting: Callable[[], bool] = lambda: False
         self._buf = bytearray()
         self._next_id = 1  # the server sends request id 0 with errors that answer no request (PROTOCOL.md)
+        self._layout: list[tuple[str, int]] | None = None  # a Dict observation's keys, read from METADATA on first use
         self._connect()
 
     # --- connection -----------------------------------------------------------------------------------
@@ -97,8 +100,16 @@ class Client:
         """Actions for one observation (obs_dim,) -> (act_dim,) or a batch (B, obs_dim) -> (B, act_dim).
 
         `noise` ((K+1, act_dim) per observation) fixes the chain's randomness; without it the server
-        draws the noise, or uses zeros when `deterministic`. Values are sent as float32.
+        draws the noise, or uses zeros when `deterministic`. Values are sent as float32. For a Dict
+        observation space, `obs` may be a mapping of its keys to their values, concatenated here in the
+        order the policy's metadata lists them (PROTOCOL.md, "Dict observations").
         """
+        if isinstance(obs, Mapping):
+            if self._layout is None:
+                self._layout = observation_layout(self.metadata()["observation_space"])
+            if self._layout is None:
+                raise ValueError("the served policy's observation is a Box: pass an array, not a mapping")
+            obs = flatten_observation(obs, self._layout)
         obs_array = float32_payload(obs)
         single = obs_array.ndim == 1
         if obs_array.ndim not in (1, 2):

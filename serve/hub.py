@@ -8,26 +8,23 @@ that says what to do.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from serve.contract import ModelLoadError
 
-# The Hub's rule for each half of org/name: letters, digits, '-', '_', '.'; no '--' or '..'; no
-# '-' or '.' at either end; at most 96 characters.
-_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?$")
-
-
 def repo_id_problem(repo_id: str) -> str | None:
-    """What makes `repo_id` an invalid Hub model id `org/name`, or None when it is valid."""
-    parts = repo_id.split("/")
-    if len(parts) != 2:
+    """What makes `repo_id` an invalid Hub model id `org/name`, or None when it is valid: huggingface_hub's own
+    rule (`validate_repo_id`), with the namespace required."""
+    try:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+    except ImportError:
+        return "checking a Hub id needs huggingface_hub (`pip install huggingface_hub`)"
+    if repo_id.count("/") != 1:
         return "it must have the form org/name (one '/')"
-    if not all(_NAME.match(part) for part in parts):
-        return ("each of org and name must be 1-96 letters, digits, '-', '_' or '.', starting with a letter or "
-                "digit and not ending with '-' or '.'")
-    if "--" in repo_id or ".." in repo_id:
-        return "'--' and '..' are not allowed"
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        return brief(err).rstrip(".")
     return None
 
 
@@ -38,8 +35,13 @@ def is_local_path(text: str) -> bool:
             or Path(text.split("/")[0]).exists())
 
 
-def download(repo_id: str, patterns: list[str], revision: str | None = None) -> Path:
-    """A local snapshot of the repository's files that match `patterns` (cached; from the cache when offline)."""
+def download(repo_id: str, patterns: list[str], revision: str | None = None, *, token: str | bool | None = None,
+             cache_dir: str | Path | None = None, local_files_only: bool = False) -> Path:
+    """A local snapshot of the repository's files that match `patterns` (cached; from the cache when offline).
+
+    `token` reads a private repo (default: HF_TOKEN, then the cached login), `cache_dir` replaces the Hub
+    cache, and `local_files_only` never goes online: huggingface_hub's arguments of the same names.
+    """
     try:
         from huggingface_hub import constants, snapshot_download
         from huggingface_hub.utils import (EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError,
@@ -48,9 +50,9 @@ def download(repo_id: str, patterns: list[str], revision: str | None = None) -> 
         raise ModelLoadError(f"{repo_id!r} looks like a Hub id, and downloading it needs huggingface_hub: "
                              "`pip install huggingface_hub`.") from None
     at = f" at revision {revision!r}" if revision else ""
-    pinned = {"revision": revision} if revision else {}
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, **pinned))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, revision=revision, token=token,
+                                      cache_dir=cache_dir, local_files_only=local_files_only))
     except RevisionNotFoundError:
         raise ModelLoadError(f"{repo_id} exists on the Hub but has no revision {revision!r}. Pass a branch, tag or "
                              f"full commit hash it has (see {constants.ENDPOINT}/{repo_id}/commits/main), or no "
@@ -60,12 +62,13 @@ def download(repo_id: str, patterns: list[str], revision: str | None = None) -> 
                              "and your token cannot read it. Check the id; for a private repo set HF_TOKEN or run "
                              f"`hf auth login`. (No local directory {repo_id} exists either.)") from None
     except LocalEntryNotFoundError:  # also an incomplete cached snapshot
-        if constants.HF_HUB_OFFLINE:
-            raise ModelLoadError(f"{repo_id}{at} is not (completely) in the local Hub cache "
-                                 f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 forbids downloading it. Load it "
-                                 "once with network access, or unset HF_HUB_OFFLINE.") from None
+        cache = cache_dir or constants.HF_HUB_CACHE
+        if constants.HF_HUB_OFFLINE or local_files_only:
+            why = "local_files_only=True forbids" if local_files_only else "HF_HUB_OFFLINE=1 forbids"
+            raise ModelLoadError(f"{repo_id}{at} is not (completely) in the local Hub cache ({cache}) and {why} "
+                                 "downloading it. Load it once online, without that setting.") from None
         raise ModelLoadError(f"cannot reach the Hub at {constants.ENDPOINT}, and {repo_id}{at} is not (completely) "
-                             f"in the local Hub cache ({constants.HF_HUB_CACHE}). Check your connection and "
+                             f"in the local Hub cache ({cache}). Check your connection and "
                              "HF_ENDPOINT, then try again.") from None
     except EntryNotFoundError as err:
         raise ModelLoadError(f"{repo_id}{at}: a file the Hub listed could not be downloaded ({brief(err)}). "

@@ -8,17 +8,19 @@ The graph follows the ONNX contract of serve/contract.py, which `diffagent expor
 inputs `obs` float32 [B, obs_dim] and (unless exported with sample_noise) `noise` float32
 [B, K+1, act_dim], output `action` float32 [B, act_dim] already in the environment's action
 bounds. Everything the runtime needs to check inputs (spaces, K, dims) travels in the metadata.
+A policy for a Dict observation space also takes a mapping of its keys to their values, which it
+concatenates in the order the metadata lists them (serve/contract.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
-from serve.contract import ONNX_FILE, ModelLoadError, PolicyMetadata
+from serve.contract import ONNX_FILE, ModelLoadError, PolicyMetadata, flatten_observation, observation_layout
 from serve.hub import download, is_local_path, repo_id_problem
 from serve.protocol import ErrorCode
 
@@ -123,6 +125,14 @@ class OnnxPolicy:
         self._pool = np.empty(0, dtype=np.float32)
         self._pool_pos = 0
         self._check_graph()
+        try:
+            self.observation_layout = observation_layout(metadata.observation_space)
+        except ValueError as err:
+            raise ModelLoadError(f"{source}: malformed observation_space in the metadata ({err}); "
+                                 "re-export it.") from None
+        if self.observation_layout is not None and sum(size for _, size in self.observation_layout) != self.obs_dim:
+            raise ModelLoadError(f"{source}: the observation_space's keys do not add up to obs_dim={self.obs_dim}; "
+                                 "the file is inconsistent, re-export it.")
         self._outputs = ["action"]
         # One zero-noise buffer, grown on demand: deterministic calls reuse it instead of allocating.
         self._zeros = np.zeros(self.noise_shape(1), dtype=np.float32)
@@ -174,6 +184,7 @@ class OnnxPolicy:
     def act(self, obs: Any, noise: Any = None, deterministic: bool = False) -> np.ndarray:
         """Actions for one observation (obs_dim,) -> (act_dim,) or a batch (B, obs_dim) -> (B, act_dim).
 
+        For a Dict observation space, `obs` may be a mapping of its keys to (size,) or (B, size) arrays.
         `noise` (K+1, act_dim) or (B, K+1, act_dim) fixes the chain's randomness; without it the noise
         is drawn from this policy's seeded generator, or is zero when `deterministic`. Inputs of any
         real numeric dtype are converted to float32; NaN or inf is refused (InputError).
@@ -185,6 +196,14 @@ class OnnxPolicy:
 
     def check_obs(self, obs: Any) -> tuple[np.ndarray, bool]:
         """`obs` as a float32 [B, obs_dim] array, and whether it was a single observation."""
+        if isinstance(obs, Mapping):
+            if self.observation_layout is None:
+                raise InputError(ErrorCode.BAD_SHAPE, "this policy's observation is a Box: pass an array, "
+                                                      "not a mapping")
+            try:
+                obs = flatten_observation(obs, self.observation_layout)
+            except ValueError as err:
+                raise InputError(ErrorCode.BAD_SHAPE, str(err)) from None
         array = _as_float32(obs, "observation")
         single = array.ndim == 1
         if array.ndim not in (1, 2) or array.shape[-1] != self.obs_dim or array.shape[0] == 0:

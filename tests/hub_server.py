@@ -10,17 +10,25 @@
 Endpoints (repo ids are `org/name`; revisions are URL-quoted, e.g. refs%2Fpr%2F1):
 
     POST /api/repos/create                          create a model repo (409 if it exists)
-    POST /api/validate-yaml                         check a README.md's YAML front matter
+    POST /api/validate-yaml                         check a README.md's metadata as the Hub does (below)
+    POST /api/models/{repo}/branch/{branch}         create a branch from main (409 if it exists)
+    POST /api/models/{repo}/discussions             open a pull request: a new refs/pr/N at main
+    GET  /api/models/{repo}/discussions/{num}       that pull request
     GET  /api/models/{repo}[/revision/{rev}]        repo info: commit sha and file list
     GET  /api/models/{repo}/tree/{rev}[/{path}]     file listing (?recursive=true)
     POST /api/models/{repo}/preupload/{rev}         upload mode per file: always "regular" (no LFS)
-    POST /api/models/{repo}/commit/{rev}            NDJSON commit: header, file (base64), deletedFile
+    POST /api/models/{repo}/commit/{rev}            NDJSON commit: header, file (base64), deletedFile;
+                                                    ?create_pr=1 commits to a new refs/pr/N instead
     HEAD /{repo}/resolve/{rev}/{path}               ETag, X-Repo-Commit, Content-Length
     GET  /{repo}/resolve/{rev}/{path}               the file
 
 Errors carry the Hub's X-Error-Code header (RepoNotFound, RevisionNotFound, EntryNotFound), which
 huggingface_hub turns into RepositoryNotFoundError, RevisionNotFoundError and EntryNotFoundError.
 Writes need an `Authorization: Bearer ...` header (any token); reading a private repo does too.
+The metadata check is the part of the Hub's model-card schema that diffagent's cards use: a YAML
+mapping; `license` a license id the Hub knows; `pipeline_tag` a task it knows; `tags` a list of
+strings; `model-index` a list of {name, results: [{task: {type}, dataset: {name, type}, metrics:
+[{type, value}]}]}.
 Bounded: loopback only, request bodies up to 64 MiB, at most 256 repos, 10 s socket timeouts.
 """
 
@@ -39,6 +47,10 @@ import yaml
 
 MAX_BODY = 64 * 1024 * 1024
 MAX_REPOS = 256
+# A few of the Hub's license ids and tasks (the full lists are on the Hub): enough to refuse a typo.
+LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "gpl-3.0", "openrail",
+            "other", "unknown"}
+TASKS = {"reinforcement-learning", "robotics", "tabular-classification", "text-generation"}
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.onnx filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -160,6 +172,32 @@ class HubServer:
         return commit
 
 
+def metadata_errors(metadata: dict) -> list[str]:
+    """What the Hub's validator would say about a model card's metadata (the part described above)."""
+    errors = []
+    if "license" in metadata and metadata["license"] not in LICENSES:
+        errors.append(f"license: {metadata['license']!r} is not a license id the Hub knows")
+    if "pipeline_tag" in metadata and metadata["pipeline_tag"] not in TASKS:
+        errors.append(f"pipeline_tag: {metadata['pipeline_tag']!r} is not a task the Hub knows")
+    tags = metadata.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        errors.append("tags: must be a list of strings")
+    for model in metadata.get("model-index", []):
+        results = model.get("results") if isinstance(model, dict) else None
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str) or not isinstance(results, list):
+            errors.append("model-index: each entry needs a name and a list of results")
+            continue
+        for result in results:
+            task, dataset = result.get("task", {}), result.get("dataset", {})
+            metrics = result.get("metrics")
+            if (not isinstance(task, dict) or "type" not in task or not isinstance(dataset, dict)
+                    or not {"name", "type"} <= set(dataset) or not isinstance(metrics, list)
+                    or not all(isinstance(m, dict) and {"type", "value"} <= set(m) for m in metrics)):
+                errors.append("model-index: a result needs task.type, dataset.name and dataset.type, and metrics "
+                              "with a type and a value")
+    return errors
+
+
 def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         timeout = 10  # a stalled client cannot hold a thread forever
@@ -237,6 +275,8 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._create_repo(body)
             if method == "POST" and parts == ["api", "validate-yaml"]:
                 return self._validate_yaml(body)
+            if method == "POST" and parts[:2] == ["api", "models"] and len(parts) == 6 and parts[4] == "branch":
+                return self._create_branch(f"{parts[2]}/{parts[3]}", parts[5])
             if parts[:2] == ["api", "models"] and len(parts) >= 4:
                 repo_id, action, rest = f"{parts[2]}/{parts[3]}", parts[4:5], parts[5:]
                 if method == "GET" and not action:
@@ -248,8 +288,12 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     return self._tree(repo_id, rest[0], "/".join(rest[1:]), recursive)
                 if method == "POST" and action == ["preupload"] and len(rest) == 1:
                     return self._preupload(repo_id, rest[0], body)
+                if method == "POST" and action == ["discussions"] and not rest:
+                    return self._open_pull_request(repo_id)
+                if method == "GET" and action == ["discussions"] and len(rest) == 1:
+                    return self._pull_request(repo_id, int(rest[0]))
                 if method == "POST" and action == ["commit"] and len(rest) == 1:
-                    return self._create_commit(repo_id, rest[0], body)
+                    return self._create_commit(repo_id, rest[0], body, query.get("create_pr") == "1")
             if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
                 return self._resolve(f"{parts[0]}/{parts[1]}", parts[3], "/".join(parts[4:]), method == "GET")
             raise HubError(404, None, f"this test server does not implement {method} /{'/'.join(parts)}")
@@ -279,10 +323,21 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 try:
                     metadata = yaml.safe_load(front) if sep else None
                     if not sep or not isinstance(metadata, dict):
-                        errors.append({"message": "the front matter must be a YAML mapping between --- lines"})
+                        errors.append("the front matter must be a YAML mapping between --- lines")
+                    else:
+                        errors += metadata_errors(metadata)
                 except yaml.YAMLError as err:
-                    errors.append({"message": f"invalid YAML: {err}"})
-            self._send_json({"errors": errors, "warnings": []}, 400 if errors else 200)
+                    errors.append(f"invalid YAML: {err}")
+            self._send_json({"errors": [{"message": e} for e in errors], "warnings": []}, 400 if errors else 200)
+
+        def _create_branch(self, repo_id: str, branch: str) -> None:
+            self._require_auth()
+            repo = hub._repo(repo_id)
+            with hub._lock:
+                if branch in repo.branches:
+                    raise HubError(409, None, f"Reference already exists: refs/heads/{branch}")
+                repo.branches[branch] = repo.branches["main"]
+            self._send_json({})
 
         def _repo_info(self, repo_id: str, revision: str) -> None:
             repo = self._readable(repo_id)
@@ -319,9 +374,24 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                               "oid": git_blob_oid(existing) if existing is not None else None})
             self._send_json({"files": files, "commitOid": commit.oid})
 
-        def _create_commit(self, repo_id: str, revision: str, body: bytes) -> None:
+        def _open_pull_request(self, repo_id: str) -> None:
             self._require_auth()
-            hub._commit(hub._repo(repo_id), revision)  # 404s before anything is changed
+            repo = hub._repo(repo_id)
+            with hub._lock:
+                number = 1 + sum(name.startswith("refs/pr/") for name in repo.branches)
+                repo.branches[f"refs/pr/{number}"] = repo.branches["main"]
+            self._send_json({"num": number})
+
+        def _pull_request(self, repo_id: str, number: int) -> None:
+            hub._commit(self._readable(repo_id), f"refs/pr/{number}")  # 404s for a pull request never opened
+            self._send_json({"title": "pull request", "num": number, "createdAt": "2026-01-01T00:00:00.000Z",
+                             "status": "draft", "repo": {"name": repo_id, "type": "model"}, "isPullRequest": True,
+                             "events": [], "changes": {"base": "refs/heads/main"}, "filesWithConflicts": []})
+
+        def _create_commit(self, repo_id: str, revision: str, body: bytes, create_pr: bool) -> None:
+            self._require_auth()
+            repo = hub._repo(repo_id)
+            base = hub._commit(repo, revision)  # 404s before anything is changed
             message, changes = "", {}
             for line in body.splitlines():
                 if not line.strip():
@@ -336,9 +406,16 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     changes[value["path"]] = None
                 else:
                     raise HubError(400, None, f"this test server does not support {key!r} commit operations")
+            pr_url = None
+            if create_pr:  # the change goes to a new refs/pr/N that starts at the revision, as on the Hub
+                with hub._lock:
+                    number = 1 + sum(name.startswith("refs/pr/") for name in repo.branches)
+                    revision = f"refs/pr/{number}"
+                    repo.branches[revision] = base.oid
+                pr_url = f"{hub.url}/{repo_id}/discussions/{number}"
             oid = hub.commit(repo_id, changes, message, branch=revision)
             self._send_json({"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid,
-                             "pullRequestUrl": None})
+                             "pullRequestUrl": pr_url})
 
         def _resolve(self, repo_id: str, revision: str, path: str, with_body: bool) -> None:
             commit = hub._commit(self._readable(repo_id), revision)

@@ -228,3 +228,49 @@ def test_zoo_push_checks_every_name_before_pushing_and_needs_a_zoo(hub, tmp_path
     assert "org/ok" not in hub.repos
     missing = CliRunner().invoke(main, ["zoo", "push", "--org", "org", "--models", str(tmp_path / "none")])
     assert missing.exit_code != 0 and "pass --models DIR" in missing.output
+
+
+def test_the_model_card_passes_the_hubs_validation_with_license_and_pipeline_tag(hub, tmp_path):
+    from huggingface_hub import ModelCard
+
+    agent = tiny_agent()
+    directory = agent.save_pretrained(tmp_path / "card")
+    results = publish.evaluate_for_card(agent, directory, episodes=1)
+    card = ModelCard.load(publish.write_model_card(agent, directory, "org/sac-Pendulum-v1", results))
+    assert (card.data.license, card.data.pipeline_tag) == ("apache-2.0", "reinforcement-learning")
+    card.validate()  # the local Hub's validator: metadata schema, license id, task
+    bad = ModelCard.load(publish.write_model_card(agent, directory, "org/sac-Pendulum-v1", results, license="apache"))
+    with pytest.raises(ValueError, match="not a license id the Hub knows"):
+        bad.validate()
+    with pytest.raises(ArtifactError, match="the Hub refuses the model card's metadata"):
+        publish.push(directory, "org/bad-license", eval_episodes=1, video=False, license="apache", agent=agent)
+    assert "org/bad-license" not in hub.repos  # refused before anything was created
+
+
+def test_push_to_a_branch_or_as_a_pull_request_leaves_main_alone(hub, tmp_path):
+    first, second = tiny_agent(seed=0), tiny_agent(seed=1)
+    publish.push_to_hub(first, "org/branches", eval_episodes=1, video=False)
+    main_files = hub.files("org/branches")
+    publish.push_to_hub(second, "org/branches", eval_episodes=1, video=False, branch="experiment")
+    assert hub.files("org/branches") == main_files
+    obs = np.zeros((1, 3), np.float32)
+    on_branch = Agent.from_pretrained("org/branches", revision="experiment")
+    np.testing.assert_array_equal(on_branch.act(obs, deterministic=True), second.act(obs, deterministic=True))
+    url = publish.push_to_hub(second, "org/branches", eval_episodes=1, video=False, create_pr=True)
+    assert url == f"{hub.url}/org/branches/discussions/1"
+    assert hub.files("org/branches") == main_files
+    assert hub.files("org/branches", "refs/pr/1")["config.json"] != b""
+
+
+def test_from_pretrained_takes_a_token_a_cache_dir_and_local_files_only(hub, tmp_path):
+    agent = tiny_agent()
+    publish.push_to_hub(agent, "org/private", eval_episodes=1, video=False, private=True)
+    cache = tmp_path / "own-cache"
+    with pytest.raises(ArtifactError, match="not .completely. in the local Hub cache .* local_files_only=True"):
+        Agent.from_pretrained("org/private", cache_dir=cache, local_files_only=True)
+    loaded = Agent.from_pretrained("org/private", token="hf_test_token", cache_dir=cache)
+    assert any(cache.rglob("config.json"))  # downloaded into the cache asked for
+    hub.stop()
+    again = Agent.from_pretrained("org/private", cache_dir=cache, local_files_only=True)
+    obs = np.zeros((1, 3), np.float32)
+    np.testing.assert_array_equal(again.act(obs, deterministic=True), loaded.act(obs, deterministic=True))

@@ -10,10 +10,11 @@ Algorithm families (which Gaussian baseline and reference a row has, on- or off-
 from the registry, diffagent.config.ALGORITHMS.
 """
 
-from diffagent.bench.grid import Grid, Job, load_grid, load_hyperparameters, read_curve
+from diffagent.bench.grid import Grid, Job, load_grid, load_hyperparameters, read_curve, split_env_settings
 from diffagent.bench.report import machine_info, summarize, write_report
 from diffagent.bench.runner import run_grid
 from diffagent.bench.stats import bootstrap_interval, iqm, score_at
 
-__all__ = ["Grid", "Job", "load_grid", "load_hyperparameters", "read_curve", "run_grid", "summarize", "write_report",
+__all__ = ["Grid", "Job", "load_grid", "load_hyperparameters", "split_env_settings", "read_curve", "run_grid",
+           "summarize", "write_report",
            "machine_info", "bootstrap_interval", "iqm", "score_at"]

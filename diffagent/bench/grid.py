@@ -9,15 +9,21 @@ A grid file (TOML, see zoo/grids/) lists experiments:
     references = "../references.toml"  # published numbers shown beside ours (optional)
 
     [[experiment]]
-    envs = ["Pendulum-v1"]
+    envs = ["Pendulum-v1"]           # an env of your own: "my_module:MyEnv-v0" (importing my_module registers it)
     algos = ["sac", "diffsac"]
     seeds = [0, 1, 2, 3, 4]
     steps = 6000
     eval_every = 500
     eval_episodes = 10
+    env_kwargs = { g = 9.81 }        # gym.make's keyword arguments (optional)
+    gym_packages = ["my_envs"]       # modules to import first: they register envs or define wrappers (optional)
 
 Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
 run from its checkpoint, and a budget's score is the last evaluation at or before that step.
+
+A hyperparameter file's [algo] table may hold, beside the algorithm's hyperparameters, rl-zoo3's
+`env_wrapper` (a wrapper or a list of them, each "module.Class" or { "module.Class" = { kwargs } })
+and `env_kwargs`; `split_env_settings` takes them out.
 """
 
 from __future__ import annotations
@@ -25,22 +31,29 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from diffagent.config import algo_spec, cli_value, make_config
+from diffagent.envs import WrapperSpec, import_packages, split_env_id
 from diffagent.errors import ConfigError
 from diffagent.io import METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl, run_is_locked
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
+
 GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "experiment"}
-EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set"}
+EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set",
+                   "env_kwargs", "gym_packages"}
 
 
 def env_file_name(env_id: str) -> str:
-    """File-system name of an env id ('diffagent/FourPeaks-v0' -> 'diffagent-FourPeaks-v0')."""
-    return env_id.replace("/", "-")
+    """File-system name of an env id ('diffagent/FourPeaks-v0' -> 'diffagent-FourPeaks-v0'; a module:Env-v0
+    id is named by its env)."""
+    return split_env_id(env_id)[1].replace("/", "-")
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -64,6 +77,22 @@ def load_hyperparameters(path: str | Path, algo: str) -> dict[str, Any]:
     return table
 
 
+def split_env_settings(table: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(hyperparameters, env settings) of a hyperparameter table: its env_kwargs and env_wrapper (rl-zoo3's
+    names) make the env, as Agent's `env_kwargs` and `wrappers`; the rest configure the algorithm."""
+    hyperparameters = {k: v for k, v in table.items() if k not in ("env_kwargs", "env_wrapper")}
+    env_kwargs, wrappers = table.get("env_kwargs", {}), table.get("env_wrapper", [])
+    if not isinstance(env_kwargs, dict):
+        raise ConfigError(f"{where}: env_kwargs must be a table of gym.make's keyword arguments, e.g. "
+                          "env_kwargs = { g = 9.81 }")
+    wrappers = wrappers if isinstance(wrappers, list) else [wrappers]
+    try:
+        [WrapperSpec.parse(wrapper) for wrapper in wrappers]
+    except ConfigError as err:
+        raise ConfigError(f"{where}: env_wrapper: {err}") from None
+    return hyperparameters, {"env_kwargs": env_kwargs, "wrappers": wrappers}
+
+
 @dataclass(frozen=True)
 class Job:
     """One training run of a grid."""
@@ -78,6 +107,8 @@ class Job:
     run_dir: Path
     hyperparams: Path | None
     overrides: tuple[tuple[str, Any], ...] = ()
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+    gym_packages: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -108,20 +139,27 @@ class Job:
 
     def train_command(self, executable: str = "diffagent") -> list[str]:
         """The `diffagent train` command line of this run (what the report quotes)."""
-        command = [executable, "train", "--algo", self.algo, "--env", self.env_id, "--steps", str(self.steps),
-                   "--seed", str(self.seed), "--eval-every", str(self.eval_every),
+        command = [executable, "train", *self._gym_packages_options(), "--algo", self.algo, "--env", self.env_id,
+                   "--steps", str(self.steps), "--seed", str(self.seed), "--eval-every", str(self.eval_every),
                    "--eval-episodes", str(self.eval_episodes)]
+        for key, value in self.env_kwargs:
+            command += ["--env-kwargs", f"{key}={json.dumps(value)}"]
         if self.hyperparams is not None:
             command += ["--hparams", str(self.hyperparams)]
         for key, value in self.overrides:
             command += ["--set", f"{key}={cli_value(value)}"]
         return command
 
+    def _gym_packages_options(self) -> list[str]:
+        return [option for package in self.gym_packages for option in ("--gym-packages", package)]
+
     def process_command(self) -> list[str]:
         """What the runner executes: train (new) or resume (a checkpoint exists), one thread."""
         cli = [sys.executable, "-m", "diffagent.cli"]
         if self.has_checkpoint():
-            return cli + ["resume", str(self.run_dir), "--steps", str(self.steps), "--threads", "1"]
+            module = split_env_id(self.env_id)[0]  # a resumed run imports what its training imported
+            packages = self._gym_packages_options() + (["--gym-packages", module] if module else [])
+            return cli + ["resume", str(self.run_dir), *packages, "--steps", str(self.steps), "--threads", "1"]
         return (cli + self.train_command("")[1:]
                 + ["--out", str(self.run_dir), "--threads", "1", "--checkpoint-every", str(self.checkpoint_every)])
 
@@ -203,10 +241,19 @@ def load_grid(path: str | Path) -> Grid:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: set must be a table of overrides, e.g. set = {{ batch_size = 512 }}")
         overrides = tuple(sorted(overrides.items()))
+        env_kwargs = experiment.get("env_kwargs", {})
+        if not isinstance(env_kwargs, dict):
+            raise ConfigError(f"{where}: env_kwargs must be a table of gym.make's keyword arguments, e.g. "
+                              "env_kwargs = { g = 9.81 }")
+        gym_packages = (_checked_list(where, "gym_packages", experiment["gym_packages"], str)
+                        if "gym_packages" in experiment else [])
+        import_packages(gym_packages)  # the grid's author named them: they register the grid's own envs
         envs = _checked_list(where, "envs", experiment["envs"], str)
         algos = [algo.lower() for algo in _checked_list(where, "algos", experiment["algos"], str)]
         for env_id in envs:
-            if env_id not in gym.registry:
+            module, name = split_env_id(env_id)
+            import_packages([module] if module else [])
+            if name not in gym.registry:
                 raise ConfigError(f"{where}: unknown environment id {env_id!r}")
         for seed in _checked_list(where, "seeds", experiment["seeds"], int):
             for env_id in envs:
@@ -217,21 +264,22 @@ def load_grid(path: str | Path) -> Grid:
                         hyper_file = None  # the library defaults; `bench run --dry-run` shows which file each run uses
                     hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
                     try:
-                        make_config(algo, {**hyper, **dict(overrides)})
+                        make_config(algo, {**split_env_settings(hyper, str(hyper_file))[0], **dict(overrides)})
                     except ConfigError as err:
                         raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
                     run_dir = grid.out / env_file_name(env_id) / algo / f"s{seed}"
                     job = Job(algo, env_id, seed, steps, eval_every, eval_episodes, checkpoint_every, run_dir,
-                              hyper_file, overrides)
+                              hyper_file, overrides, tuple(sorted(env_kwargs.items())), tuple(gym_packages))
                     grid.budgets.setdefault((env_id, algo), [])
                     if steps not in grid.budgets[(env_id, algo)]:
                         grid.budgets[(env_id, algo)].append(steps)
                     previous = seen.get(run_dir)
                     if previous is not None:
-                        if (previous.eval_every, previous.eval_episodes, previous.overrides) != (
-                                job.eval_every, job.eval_episodes, job.overrides):
+                        if (previous.eval_every, previous.eval_episodes, previous.overrides, previous.env_kwargs) != (
+                                job.eval_every, job.eval_episodes, job.overrides, job.env_kwargs):
                             raise ConfigError(f"{where}: {algo} on {env_id} seed {seed} is also in an earlier "
-                                              "experiment with other eval_every, eval_episodes or set; one run "
+                                              "experiment with other eval_every, eval_episodes, set or env_kwargs; "
+                                              "one run "
                                               "directory serves both budgets, so they must agree")
                         if previous.steps >= steps:
                             continue  # the larger budget's run covers this one

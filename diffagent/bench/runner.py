@@ -1,20 +1,19 @@
-"""The resumable runner: every unfinished job of a grid, one process and one thread each, with lock hand-off."""
+"""The resumable runner: every unfinished job of a grid, one process and one thread each, each holding its
+run's lock."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from diffagent.bench.grid import Grid, Job
 from diffagent.errors import DiffAgentError
-from diffagent.io import CHECKPOINT_DIR, HELD_LOCK_ENV, METRICS_FILE, run_lock
+from diffagent.io import CHECKPOINT_DIR, METRICS_FILE, run_lock
 
 LOG_FILE = "train.log"
 
@@ -24,12 +23,10 @@ class _Running:
     job: Job
     process: subprocess.Popen
     log: Any
-    lock: contextlib.AbstractContextManager  # the run's lock, held from before the start to after the exit
     started: float
 
     def close(self) -> None:
         self.log.close()
-        self.lock.__exit__(None, None, None)
 
 
 def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None] = print,
@@ -38,9 +35,10 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
 
     A job with a checkpoint resumes from it; a finished job is skipped; a job whose directory is
     locked by a training still running (another runner's, or one started by hand) is skipped. The
-    runner takes each job's lock before starting it and hands it to the child, so two runners on
-    one grid never start the same job. Each job's output goes to RUN_DIR/train.log. Returns the
-    job names per outcome: already_done, trained, failed, skipped.
+    runner checks and tidies a job under its lock, and the training it starts takes the lock itself,
+    so a run is never trained by two processes at once: of two runners that start one job in the
+    same instant, the second's training is refused and reported failed. Each job's output goes to
+    RUN_DIR/train.log. Returns the job names per outcome: already_done, trained, failed, skipped.
     """
     parallel = max(1, parallel or os.cpu_count() or 1)
     outcome: dict[str, list[str]] = {"already_done": [], "trained": [], "failed": [], "skipped": []}
@@ -64,31 +62,28 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
         while queue or running:
             while queue and len(running) < parallel:
                 job = queue.pop(0)
-                lock = run_lock(job.run_dir, wait_seconds=0.0)
                 try:
-                    handle = lock.__enter__()
+                    with run_lock(job.run_dir, wait_seconds=0.0):
+                        status = job.status()
+                        if status == "new":  # killed before its first complete checkpoint: start over
+                            (job.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                            shutil.rmtree(job.run_dir / CHECKPOINT_DIR, ignore_errors=True)
                 except DiffAgentError:
                     outcome["skipped"].append(job.name)
                     echo(f"skip {job.name}: another process is training it")
                     continue
+                if status == "done":  # finished meanwhile by another runner on the same runs
+                    outcome["already_done"].append(job.name)
+                    continue
+                verb = "resume" if status == "resume" else "start"
+                log = open(job.run_dir / LOG_FILE, "a")
                 try:
-                    if job.status() == "done":  # finished meanwhile by another runner on the same runs
-                        lock.__exit__(None, None, None)
-                        outcome["already_done"].append(job.name)
-                        continue
-                    if not job.has_checkpoint():  # killed before its first complete checkpoint: start over
-                        (job.run_dir / METRICS_FILE).unlink(missing_ok=True)
-                        shutil.rmtree(job.run_dir / CHECKPOINT_DIR, ignore_errors=True)
-                    verb = "resume" if job.has_checkpoint() else "start"
-                    log = open(job.run_dir / LOG_FILE, "a")
-                    env = {**os.environ, HELD_LOCK_ENV: str(Path(handle.name).resolve())}
-                    # the child inherits the lock file, so the lock outlives this runner if it is killed -9
                     process = subprocess.Popen(job.process_command(), stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL, env=env, pass_fds=(handle.fileno(),))
+                                               stdin=subprocess.DEVNULL)
                 except BaseException:
-                    lock.__exit__(None, None, None)
+                    log.close()
                     raise
-                running.append(_Running(job, process, log, lock, time.perf_counter()))
+                running.append(_Running(job, process, log, time.perf_counter()))
                 echo(f"{verb} {job.name} -> {job.run_dir}")
             time.sleep(poll_seconds)
             for entry in [r for r in running if r.process.poll() is not None]:
