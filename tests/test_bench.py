@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from diffagent import Agent, ConfigError, DiffAgentError
-from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, read_curve, run_grid,
-                             score_at, summarize, write_report)
+from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, read_curve, run_grid, score_at,
+                             seed_interval, summarize, write_report)
 from diffagent.cli import main
 from diffagent.io import run_lock
 
@@ -56,6 +56,13 @@ def test_bootstrap_interval_brackets_the_iqm_and_is_reproducible():
     assert low < iqm(scores) < high
     assert (low, high) == bootstrap_interval(scores)
     assert bootstrap_interval([5.0, 5.0, 5.0]) == (5.0, 5.0)
+
+
+@pytest.mark.math
+def test_fewer_than_five_seeds_get_their_range_not_a_ci():
+    assert seed_interval([1.0, 3.0, 2.0, 9.0]) == ("min-max", (1.0, 9.0))
+    label, (low, high) = seed_interval([1.0, 3.0, 2.0, 9.0, 4.0])
+    assert label == "95% CI" and (low, high) == bootstrap_interval([1.0, 3.0, 2.0, 9.0, 4.0])
 
 
 @pytest.mark.math
@@ -152,8 +159,9 @@ def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_
     report = write_report(longer)
     row = summarize(longer)[-1]
     assert row["steps"] == 300 and row["seeds"] == [0, 1]
-    assert row["ci"][0] <= row["iqm"] <= row["ci"][1]
+    assert row["ci"] == (min(row["scores"].values()), max(row["scores"].values())) and row["interval"] == "min-max"
     assert "| Pendulum-v1 | sac | 300 | 2 |" in report.read_text()
+    assert "[min-max " in report.read_text() and "95% CI" not in report.read_text()  # 2 seeds: no CI claimed
     assert (report.parent / "tiny.json").is_file()
     pytest.importorskip("matplotlib")
     assert (report.parent / "tiny-Pendulum-v1.png").stat().st_size > 1000

@@ -13,8 +13,8 @@ from the registry, diffagent.config.ALGORITHMS.
 from diffagent.bench.grid import Grid, Job, load_grid, load_hyperparameters, read_curve, split_env_settings
 from diffagent.bench.report import machine_info, summarize, write_report
 from diffagent.bench.runner import run_grid
-from diffagent.bench.stats import bootstrap_interval, iqm, score_at
+from diffagent.bench.stats import bootstrap_interval, iqm, score_at, seed_interval
 
 __all__ = ["Grid", "Job", "load_grid", "load_hyperparameters", "split_env_settings", "read_curve", "run_grid",
            "summarize", "write_report",
-           "machine_info", "bootstrap_interval", "iqm", "score_at"]
+           "machine_info", "bootstrap_interval", "seed_interval", "iqm", "score_at"]

@@ -241,8 +241,8 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              f"Grid `{grid.path.name}`; report written {info['date']} on {machine['cpu']} ({machine['cores']} "
              "cores) with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
              "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
-             f"of each seed); IQM across seeds, with a percentile-bootstrap 95% CI from {MIN_SEEDS_FOR_CI} seeds on "
-             "and the seeds' min-max below; steps/s is the "
+             f"of each seed); IQM across seeds, with a percentile-bootstrap 95% interval from {MIN_SEEDS_FOR_CI} "
+             "seeds on and the seeds' min-max below; steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]
