@@ -50,9 +50,10 @@ def download(repo_id: str, patterns: list[str], revision: str | None = None, *, 
         raise ModelLoadError(f"{repo_id!r} looks like a Hub id, and downloading it needs huggingface_hub: "
                              "`pip install huggingface_hub`.") from None
     at = f" at revision {revision!r}" if revision else ""
+    given = {name: value for name, value in (("revision", revision), ("token", token), ("cache_dir", cache_dir),
+                                             ("local_files_only", local_files_only)) if value}
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, revision=revision, token=token,
-                                      cache_dir=cache_dir, local_files_only=local_files_only))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, **given))
     except RevisionNotFoundError:
         raise ModelLoadError(f"{repo_id} exists on the Hub but has no revision {revision!r}. Pass a branch, tag or "
                              f"full commit hash it has (see {constants.ENDPOINT}/{repo_id}/commits/main), or no "
