@@ -3,9 +3,11 @@
 Float rounding differs between CPUs (AMD EPYC, Intel Xeon with AVX-512), and a learning run
 amplifies it: the same seed can learn on one machine and not on another (PPO on InvertedPendulum,
 seed 0, reached 997 on the AMD machine and 364 on an Intel Xeon, where seeds 0-9 on the AMD machine
-all reached 863 or more: a machine can move a run further than a seed does). So each case runs
-on a majority of seeds where one run's outcome is not safe, and each threshold sits below the worst
-of ten seeds measured; `measured` says what the measurement printed. It is this file run as a script:
+all reached 863 or more: a machine can move a run further than a seed does). So each threshold
+sits below the worst of ten seeds measured, by a margin, and a case whose ten seeds spread widely
+or came near the threshold (PPO, DiffPPO, SAC) runs three seeds and passes on a majority: one
+unlucky run on a new CPU cannot fail it. `measured` says what the measurement printed; it is
+this file run as a script:
 
     python tests/test_learning.py ppo-invpend --seeds 0-9     # prints each seed's return and the margin
 
@@ -44,18 +46,23 @@ class Case:
 
 
 CASES = {
-    "sac-pendulum": Case("sac", "Pendulum-v1", 5000, -400, -900, {**PENDULUM_NETS, **FAST_LR}),
-    "diffsac-pendulum": Case("diffsac", "Pendulum-v1", 5000, -400, -900,
-                             {**PENDULUM_NETS, **FAST_LR, "diffusion_steps": 4}),
-    "wpo-pendulum": Case("wpo", "Pendulum-v1", 8000, -400, -900, PENDULUM_NETS),
+    "sac-pendulum": Case("sac", "Pendulum-v1", 5000, -400, -700, {**PENDULUM_NETS, **FAST_LR}, seeds=(0, 1, 2),
+                         measured="AMD EPYC, seeds 0-9: min -388 (seed 4 half swung up), median -187, max -146"),
+    "diffsac-pendulum": Case("diffsac", "Pendulum-v1", 5000, -400, -700,
+                             {**PENDULUM_NETS, **FAST_LR, "diffusion_steps": 4},
+                             measured="AMD EPYC, seeds 0-9: min -198, median -186, max -146"),
+    "wpo-pendulum": Case("wpo", "Pendulum-v1", 8000, -400, -700, PENDULUM_NETS,
+                         measured="AMD EPYC, seeds 0-9: min -234, median -187, max -148"),
     # K = 2 with larger steps than the K = 8 default schedule, so two steps can move the action as far
-    "diffwpo-pendulum": Case("diffwpo", "Pendulum-v1", 8000, -400, -900,
-                             {**PENDULUM_NETS, "diffusion_steps": 2, "step_size_max": 0.5, "step_size_min": 0.05}),
+    "diffwpo-pendulum": Case("diffwpo", "Pendulum-v1", 8000, -400, -700,
+                             {**PENDULUM_NETS, "diffusion_steps": 2, "step_size_max": 0.5, "step_size_min": 0.05},
+                             measured="AMD EPYC, seeds 0-9: min -200, median -184, max -147"),
     "ppo-invpend": Case("ppo", "InvertedPendulum-v4", 24_576, 500, 100, seeds=(0, 1, 2),
                         measured="AMD EPYC, seeds 0-9: min 863, median 1000; one Intel Xeon run of seed 0: 364"),
     "diffppo-invpend": Case("diffppo", "InvertedPendulum-v4", 24_576, 250, 100, seeds=(0, 1, 2),
                             measured="AMD EPYC, seeds 0-9: min 359, median 568, max 959"),
 }
+# Untrained policies score -926 to -1,568 on Pendulum (seeds 0-9) and 6 to 28 on InvertedPendulum.
 
 
 def train_and_score(case: Case, seed: int) -> tuple[float, float]:
