@@ -58,6 +58,12 @@ class EvalResult:
                 "deterministic": self.deterministic, "returns": self.returns, "lengths": self.lengths}
 
 
+def evaluation_seed(run_seed: int) -> int:
+    """The seed of the first evaluation episode of a run with seed `run_seed` (episode i: this + i): far from the
+    training seeds, so an evaluation never replays a training episode's start. The benchmark's SB3 runs use it too."""
+    return 1_000_000 + run_seed
+
+
 # The schedules of `learn` when neither the call, an earlier call nor a resumed checkpoint sets them.
 LEARN_DEFAULTS = {"eval_every": 10_000, "eval_episodes": 5, "checkpoint_every": 50_000, "log_every": 1_000}
 
@@ -75,6 +81,8 @@ class LearnProgress:
     checkpoint_every: int
     log_every: int
     evaluations: list[dict] = field(default_factory=list)
+    """The curve: {step, mean, std} of each scheduled deterministic evaluation, and since the stochastic return is
+    recorded beside it, stochastic_mean and stochastic_std (a curve from an older checkpoint lacks them)."""
     train_time: float = 0.0
     tensorboard: bool = False
     """Whether the run directory gets TensorBoard event files (kept by a resumed run)."""
@@ -231,7 +239,12 @@ class Agent:
         return action[0] if single else action
 
     def evaluate(self, episodes: int = 10, deterministic: bool = True, seed: int | None = None) -> EvalResult:
-        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i.
+        """Run `episodes` full episodes on a separate env; episode i is reset with seed + i (default seed:
+        1,000,000 + the run's seed, so evaluations never replay a training episode's start).
+
+        A stochastic episode draws its chain noise from a generator of its own, seeded like its reset:
+        the same call gives the same returns, and training's random streams are left untouched, so an
+        evaluation schedule never changes what is learned.
 
         On a CPU the episodes act through the ONNX acting backend (`LiveOnnxPolicy`), bound to the
         current policy's tensors at the start of each call: one observation at a time, torch's per-op
@@ -245,13 +258,16 @@ class Agent:
             self._eval_env = self._new_env()
         env = self._eval_env
         policy = self._evaluation_policy()
-        base_seed = 1_000_000 + self.config.run.seed if seed is None else seed
+        base_seed = evaluation_seed(self.config.run.seed) if seed is None else seed
+        noise_shape = self.policy.noise_shape(1)
         returns, lengths = [], []
         for i in range(episodes):
             obs, _ = env.reset(seed=base_seed + i)
+            noise_source = None if deterministic else np.random.default_rng(base_seed + i)
             total, length, done = 0.0, 0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(self._act(policy, obs, deterministic, None))
+                noise = None if noise_source is None else noise_source.standard_normal(noise_shape, dtype=np.float32)
+                obs, reward, terminated, truncated, _ = env.step(self._act(policy, obs, deterministic, noise))
                 total += float(reward)
                 length += 1
                 done = terminated or truncated
@@ -357,8 +373,9 @@ class Agent:
                 if evaluate_now or finished or _crossed(before, step, state.log_every):
                     record = window.record(algorithm)
                     if evaluate_now:
-                        result = self._evaluate_progress(step)
-                        record.update(eval_return=result.mean, eval_return_std=result.std)
+                        result, stochastic = self._evaluate_progress(step)
+                        record.update(eval_return=result.mean, eval_return_std=result.std,
+                                      eval_return_stochastic=stochastic.mean, eval_return_stochastic_std=stochastic.std)
                         keep_going = callbacks.on_evaluation(self, result)
                     shown = "eval_return" if evaluate_now else "train_return"
                     if shown in record:
@@ -379,11 +396,15 @@ class Agent:
             state.train_time += time.perf_counter() - start
             callbacks.on_training_end(self)
 
-    def _evaluate_progress(self, step: int) -> EvalResult:
-        """A scheduled evaluation, kept in `progress` (results.json's curve)."""
+    def _evaluate_progress(self, step: int) -> tuple[EvalResult, EvalResult]:
+        """A scheduled evaluation, deterministic and stochastic on the same episode seeds, kept in `progress`
+        (results.json's curve). The deterministic return is the score; the stochastic one is what the
+        maximum-entropy objective trains, and the gap between them shows how much the policy's noise costs."""
         result = self.evaluate(self.progress.eval_episodes)
-        self.progress.evaluations.append({"step": step, "mean": result.mean, "std": result.std})
-        return result
+        stochastic = self.evaluate(self.progress.eval_episodes, deterministic=False)
+        self.progress.evaluations.append({"step": step, "mean": result.mean, "std": result.std,
+                                          "stochastic_mean": stochastic.mean, "stochastic_std": stochastic.std})
+        return result, stochastic
 
     # --- artifacts ------------------------------------------------------------------------------------
     def _meta(self) -> dict[str, Any]:
@@ -571,4 +592,4 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return every > 0 and after // every > before // every
 
 
-__all__ = ["Agent", "EvalResult", "LearnProgress"]
+__all__ = ["Agent", "EvalResult", "LearnProgress", "evaluation_seed"]

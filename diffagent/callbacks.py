@@ -174,6 +174,8 @@ class EvalCallback(_Periodic):
 
 # metrics.jsonl's names -> TensorBoard tags as Stable-Baselines3 writes them; the algorithm's losses go to train/
 _TENSORBOARD_TAGS = {"eval_return": "eval/mean_reward", "eval_return_std": "eval/std_reward",
+                     "eval_return_stochastic": "eval/mean_reward_stochastic",
+                     "eval_return_stochastic_std": "eval/std_reward_stochastic",
                      "train_return": "rollout/ep_rew_mean", "steps_per_second": "time/fps", "episodes": "time/episodes"}
 
 

@@ -34,7 +34,10 @@ def test_run_directory_holds_artifact_metrics_and_checkpoint(trained):
     assert [r["step"] for r in records] == [100, 150, 200, 300]  # every 100 (log_every), and at each evaluation
     assert {"critic_loss", "actor_loss", "alpha", "entropy_estimate", "steps_per_second"} <= set(records[-1])
     assert [r["step"] for r in records if "eval_return" in r] == [150, 300]
-    assert json.loads((run / "results.json").read_text())["total_steps"] == 300
+    assert [r["step"] for r in records if "eval_return_stochastic" in r] == [150, 300]  # recorded beside
+    results = json.loads((run / "results.json").read_text())
+    assert results["total_steps"] == 300
+    assert {"step", "mean", "std", "stochastic_mean", "stochastic_std"} == set(results["evaluations"][-1])
     assert agent.policy.obs_normalizer.count.item() == 300
 
 
@@ -51,6 +54,17 @@ def test_saved_agent_acts_identically_in_a_new_process(trained, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), agent.act(obs, noise=noise))
     single = agent.act(obs[0], deterministic=True)
     assert single.shape == (1,) and np.array_equal(single, agent.act(obs[:1], noise=np.zeros((1, 5, 1)))[0])
+
+
+def test_a_stochastic_evaluation_is_reproducible_and_leaves_training_randomness_alone(trained):
+    agent, _ = trained
+    torch.manual_seed(0)
+    first = agent.evaluate(2, deterministic=False)
+    after_first = torch.rand(1)
+    torch.manual_seed(0)
+    assert agent.evaluate(2, deterministic=False).returns == first.returns  # its noise is seeded per episode
+    assert torch.rand(1) == after_first  # and drawn from its own generator, not torch's
+    assert agent.evaluate(2, deterministic=False, seed=7).returns != first.returns
 
 
 def test_resume_continues_from_the_checkpoint(trained):
