@@ -8,4 +8,6 @@ PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0" -e ".[dev,bench]"
+# onnxruntime's C API for serve/c's in-process example; without it only that example's tests skip.
+bash serve/c/get_onnxruntime.sh || echo "setup: continuing without onnxruntime's C API (serve/c/README.md)"
 .venv/bin/python -c "import diffagent, torch; print(f'diffagent {diffagent.__version__} ready (torch {torch.__version__})')"
