@@ -24,6 +24,7 @@ from diffagent.errors import DiffAgentError
 from diffagent.export import PARITY_TOLERANCE, export_onnx, format_parity, verify_onnx
 from diffagent.io import METRICS_FILE, has_checkpoint, json_safe
 from diffagent.publish import DEFAULT_LICENSE, default_repo_id, push
+from diffagent.triton_repository import DEFAULT_MAX_BATCH, INSTANCE_KINDS, MODEL_FILE, VERSION, export_triton
 from diffagent.zoo import DEFAULT_MODELS_DIR, add_to_zoo, push_zoo, zoo_models
 from serve.contract import ONNX_FILE
 from serve.server import main as serve_main
@@ -280,13 +281,40 @@ def zoo_push(org, models, token, eval_episodes, video):
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help=f"Compare onnxruntime against PyTorch at batch 1 and 1024 (fails above {PARITY_TOLERANCE:g} of the "
                    "action range).")
+@click.option("--triton", "triton_repository", type=click.Path(file_okay=False), default=None,
+              help="Write a model of this Triton Inference Server model repository instead: REPO/NAME/config.pbtxt "
+                   "and REPO/NAME/1/model.onnx.")
+@click.option("--triton-name", default=None, help="The model's name in the repository [default: ALGO-ENV_ID].")
+@click.option("--triton-max-batch", type=click.IntRange(min=1), default=None,
+              help=f"Triton's max_batch_size, the most rows it batches into one call [default: {DEFAULT_MAX_BATCH}].")
+@click.option("--triton-instances", type=click.IntRange(min=1), default=None,
+              help="How many instances of the model Triton runs [default: 1].")
+@click.option("--triton-kind", type=click.Choice(list(INSTANCE_KINDS)), default=None,
+              help="Where the instances run; auto takes a GPU when Triton has one [default: auto].")
 @friendly_errors
-def export(model_dir, out, sample_noise, verify):
-    """Export a saved agent's policy to ONNX: the whole chain, normalisation and action rescaling inside."""
+def export(model_dir, out, sample_noise, verify, triton_repository, triton_name, triton_max_batch, triton_instances,
+           triton_kind):
+    """Export a saved agent's policy to ONNX: the whole chain, normalisation and action rescaling inside.
+
+    With --triton REPO, as a model of a Triton Inference Server model repository (README, "Triton").
+    """
+    triton_settings = {key: value for key, value in (("name", triton_name), ("max_batch_size", triton_max_batch),
+                                                     ("instances", triton_instances), ("kind", triton_kind))
+                       if value is not None}
+    if triton_repository is None and triton_settings:
+        raise click.UsageError("the --triton-* options set up a Triton model: add --triton REPO")
+    if triton_repository is not None and out is not None:
+        raise click.UsageError("--out and --triton both say where the graph goes: give one")
     agent = Agent.from_pretrained(model_dir)
-    path = export_onnx(agent, out or Path(model_dir) / ONNX_FILE, sample_noise=sample_noise, verify=False)
     form = "obs -> action, noise drawn inside" if sample_noise else "(obs, noise) -> action"
-    click.echo(f"wrote {path}: {agent.algo} on {agent.env_id}, K = {agent.policy.num_steps}, {form}")
+    if triton_repository is None:
+        path = export_onnx(agent, out or Path(model_dir) / ONNX_FILE, sample_noise=sample_noise, verify=False)
+        click.echo(f"wrote {path}: {agent.algo} on {agent.env_id}, K = {agent.policy.num_steps}, {form}")
+    else:
+        model = export_triton(agent, triton_repository, sample_noise=sample_noise, verify=False, **triton_settings)
+        path = model / str(VERSION) / MODEL_FILE
+        click.echo(f"wrote the Triton model {model}: config.pbtxt and {VERSION}/{MODEL_FILE}, {agent.algo} on "
+                   f"{agent.env_id}, K = {agent.policy.num_steps}, {form}")
     if verify:
         click.echo(f"verified: max |onnxruntime - torch| = {format_parity(verify_onnx(agent.policy, path))}")
 
