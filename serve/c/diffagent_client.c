@@ -148,7 +148,7 @@ static int wait_for(int fd, short events, double deadline) {
 /* --- frames -------------------------------------------------------------------------------------- */
 static int reserve(dfsv_client *client, size_t size) {
     if (size <= client->frame_capacity) return DFSV_OK;
-    unsigned char *grown = realloc(client->frame, size);
+    unsigned char *grown = (unsigned char *)realloc(client->frame, size);
     if (grown == NULL) {
         return fail(client, DFSV_E_NOMEM, "out of memory for a frame of %zu bytes; send a smaller batch", size);
     }
@@ -280,7 +280,7 @@ static int exchange(dfsv_client *client, uint8_t type, uint8_t dtype, uint8_t fl
 /* --- the connection ------------------------------------------------------------------------------ */
 dfsv_client *dfsv_client_new(const char *host, uint16_t port, const char *token, int timeout_ms) {
     if (host == NULL) return NULL;
-    dfsv_client *client = calloc(1, sizeof *client);
+    dfsv_client *client = (dfsv_client *)calloc(1, sizeof *client);
     if (client == NULL) return NULL;
     client->host = strdup(host);
     client->token = token != NULL ? strdup(token) : NULL;
@@ -463,7 +463,7 @@ int dfsv_metadata_get(dfsv_client *client, dfsv_metadata *metadata) {
     int status = begin_request(client, 0, deadline);
     if (status == DFSV_OK) status = exchange(client, TYPE_METADATA, DTYPE_NONE, 0, 0, 0, 0, deadline, &reply);
     if (status != DFSV_OK) return status;
-    char *json = malloc((size_t)reply.payload_len + 1);
+    char *json = (char *)malloc((size_t)reply.payload_len + 1);
     if (json == NULL) return fail(client, DFSV_E_NOMEM, "out of memory for the metadata reply");
     memcpy(json, client->frame, reply.payload_len);
     json[reply.payload_len] = '\0';
