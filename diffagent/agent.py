@@ -29,9 +29,9 @@ from diffagent.config import Config, algo_spec, applicable, make_config
 from diffagent.envs import (EnvRecipe, EnvSource, UnavailableEnv, check_spaces, env_factory, flat_observations,
                             space_from_dict, space_to_dict)
 from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError
-from diffagent.io import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, RESULTS_FILE, atomic_write, has_checkpoint,
-                          json_safe, load_checkpoint, load_pretrained, read_jsonl, run_lock, save_artifact,
-                          save_checkpoint, write_json)
+from diffagent.io import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, RESULTS_FILE, drop_records_after, has_checkpoint,
+                          json_safe, load_checkpoint, load_pretrained, run_lock, save_artifact, save_checkpoint,
+                          write_json)
 from diffagent.policies import Policy, make_policy
 from diffagent.policies.onnx import LiveOnnxPolicy
 from serve.contract import flatten_observation, observation_layout
@@ -332,7 +332,7 @@ class Agent:
             algorithm.total_steps = state.total_steps
             if run_path is not None:
                 if self._trim_metrics:  # a resumed run: those steps are trained again (under the lock, once)
-                    _drop_metrics_after(run_path / METRICS_FILE, self.num_steps)
+                    drop_records_after(run_path / METRICS_FILE, self.num_steps)
                     self._trim_metrics = False
                 if not has_checkpoint(run_path):  # from the first step on, a killed run can be resumed
                     self.save_checkpoint(run_path)
@@ -576,15 +576,6 @@ def _finite_array(values: Any, what: str) -> np.ndarray:
         raise InputError(f"{what} holds NaN or inf (or values beyond float32's range, +-3.4e38); "
                          "an action needs finite inputs")
     return array
-
-
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Forget the metrics logged after the checkpoint a run resumes from: those steps are trained again,
-    and a curve must not hold two records of one step."""
-    if not path.is_file():
-        return
-    kept = "".join(json.dumps(record) + "\n" for record in read_jsonl(path) if record.get("step", 0) <= step)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(kept))
 
 
 def _crossed(before: int, after: int, every: int) -> bool:

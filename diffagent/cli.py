@@ -18,6 +18,7 @@ import click
 
 from diffagent.agent import Agent
 from diffagent.bench import load_grid, load_hyperparameters, read_curve, run_grid, split_env_settings, write_report
+from diffagent.bench.sb3 import SB3_ALGORITHMS, parse_sb3_overrides, train_sb3
 from diffagent.config import ALGORITHMS, make_config, parse_overrides
 from diffagent.envs import import_packages, parse_env_kwargs, split_env_id
 from diffagent.errors import DiffAgentError
@@ -197,11 +198,13 @@ def bench() -> None:
 @bench.command("run")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @click.option("--jobs", "parallel", default=None, type=int, help="Runs at a time, one thread each [default: cores].")
+@click.option("--archive", type=click.Path(file_okay=False), default=None,
+              help="Archive finished runs here instead of the grid's `archive` (e.g. the checkout that commits them).")
 @click.option("--dry-run", is_flag=True, help="Print what would run and exit.")
 @friendly_errors
-def bench_run(grid_file, parallel, dry_run):
+def bench_run(grid_file, parallel, archive, dry_run):
     """Train every unfinished run of GRID_FILE; a killed grid picks up where it stopped."""
-    grid = load_grid(grid_file)
+    grid = load_grid(grid_file, archive=archive)
     if dry_run:
         for job in grid.jobs:
             click.echo(f"{job.status():6s} {shlex.join(job.process_command())}")
@@ -216,10 +219,13 @@ def bench_run(grid_file, parallel, dry_run):
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @friendly_errors
 def bench_status(grid_file):
-    """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached."""
+    """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached; a run
+    known here only from its archived files says so."""
     for job in load_grid(grid_file).jobs:
-        curve = read_curve(job.run_dir)
+        curve = read_curve(job.source_dir())
         reached = f"{max(curve):,} steps, last eval {curve[max(curve)]:.1f}" if curve else "no evaluation yet"
+        if job.is_archived_only():
+            reached += f" (archived in {job.archive_dir})"
         status = "running" if job.is_running() else job.status()
         click.echo(f"{status:7s} {job.name}: {reached}")
 
@@ -230,9 +236,46 @@ def bench_status(grid_file):
               help="Reference results TOML [default: the grid file's `references`].")
 @friendly_errors
 def bench_report(grid_file, references):
-    """Aggregate the runs of GRID_FILE: IQM table with bootstrap CIs, learning curves, raw JSON."""
+    """Aggregate the runs of GRID_FILE, from their run directories or their archived files: IQM tables with
+    stratified-bootstrap CIs, probability of improvement, sample efficiency, learning curves and a summary
+    figure, raw JSON. Finished runs not archived yet are archived first."""
     grid = load_grid(grid_file)
     write_report(grid, Path(references) if references else grid.references, echo=click.echo)
+
+
+@bench.command("sb3")
+@click.option("--algo", required=True, type=click.Choice(list(SB3_ALGORITHMS)), help="Stable-Baselines3's SAC or PPO.")
+@click.option("--env", "env_id", required=True, help="Gymnasium environment id; my_module:MyEnv-v0 imports my_module.")
+@click.option("--env-kwargs", "env_kwargs", multiple=True, metavar="KEY=VALUE", help="A keyword argument of gym.make.")
+@click.option("--steps", required=True, type=int, help="Total environment steps.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--eval-every", default=None, type=int, help="Evaluate every N steps [default: steps/10].")
+@click.option("--eval-episodes", default=10, show_default=True, type=int)
+@click.option("--checkpoint-every", default=None, type=int, help="Checkpoint every N steps [default: at each evaluation].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A keyword argument of the SB3 class, VALUE read as JSON (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory [default: runs/ALGO-ENV-sSEED].")
+@click.option("--threads", default=None, type=int, help="torch intra-op threads (default: torch's choice).")
+@friendly_errors
+@imports_gym_packages
+def bench_sb3(algo, env_id, env_kwargs, steps, seed, eval_every, eval_episodes, checkpoint_every, overrides, out,
+              threads):
+    """Train Stable-Baselines3's SAC or PPO as a grid's sb3-sac and sb3-ppo runs are trained: rl-baselines3-zoo's
+    MuJoCo defaults, evaluated on diffagent's schedule and episode seeds. A run directory with a checkpoint
+    is continued (to a larger --steps too)."""
+    _set_threads(threads)
+    for name, value in (("steps", steps), ("eval-every", eval_every), ("eval-episodes", eval_episodes),
+                        ("checkpoint-every", checkpoint_every)):
+        if value is not None and value < 1:
+            raise click.ClickException(f"--{name} must be a positive integer, got {value}")
+    module, plain_id = split_env_id(env_id)
+    if module:
+        _find_modules_in_working_directory()
+        import_packages([module])
+    eval_every = eval_every or max(steps // 10, 1)
+    train_sb3(algo, env_id, steps, seed, Path(out or f"runs/{algo}-{plain_id}-s{seed}"), eval_every=eval_every,
+              eval_episodes=eval_episodes, checkpoint_every=checkpoint_every or eval_every,
+              overrides=parse_sb3_overrides(overrides), env_kwargs=parse_env_kwargs(env_kwargs))
 
 
 @main.group()

@@ -344,6 +344,16 @@ def has_checkpoint(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE).is_file()
 
 
+def drop_records_after(path: str | Path, step: int) -> None:
+    """Forget the metrics.jsonl records logged after the checkpoint a run resumes from: those steps are trained
+    again, and a curve must not hold two records of one step."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = "".join(json.dumps(record) + "\n" for record in read_jsonl(path) if record.get("step", 0) <= step)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(kept))
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a JSON-lines file (metrics.jsonl); [] when it does not exist.
 

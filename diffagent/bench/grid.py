@@ -6,11 +6,13 @@ A grid file (TOML, see zoo/grids/) lists experiments:
     out = "../../runs/zoo"           # run directories         (paths are relative to this file)
     hyperparams = "../hyperparams"   # per-env files <env>.toml with an [algo] table each (optional)
     results = "../results"           # where `report` writes tables and plots
-    references = "../references.toml"  # published numbers shown beside ours (optional)
+    references = "../references.toml"  # published numbers, and each env's score normalisation (optional)
+    archive = "../runs/classic"      # where each finished run's small files are kept in git (optional)
+    target_returns = { "Pendulum-v1" = -200 }  # sample efficiency: steps until a run first reaches it (optional)
 
     [[experiment]]
     envs = ["Pendulum-v1"]           # an env of your own: "my_module:MyEnv-v0" (importing my_module registers it)
-    algos = ["sac", "diffsac"]
+    algos = ["sac", "diffsac", "sb3-sac"]  # sb3-sac, sb3-ppo: Stable-Baselines3's (diffagent/bench/sb3.py)
     seeds = [0, 1, 2, 3, 4]
     steps = 6000
     eval_every = 500
@@ -19,7 +21,10 @@ A grid file (TOML, see zoo/grids/) lists experiments:
     gym_packages = ["my_envs"]       # modules to import first: they register envs or define wrappers (optional)
 
 Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
-run from its checkpoint, and a budget's score is the last evaluation at or before that step.
+run from its checkpoint, and a budget's score is the last evaluation at or before that step. With an
+`archive`, a finished run's config.json, results.json and metrics.jsonl are copied to ARCHIVE/ENV/ALGO/sSEED
+(not its checkpoints, weights or logs): committed to git, they let `report` rebuild every table and figure on
+another machine, where there is no run directory, and `run` counts those runs as done.
 
 A hyperparameter file's [algo] table may hold, beside the algorithm's hyperparameters, rl-zoo3's
 `env_wrapper` (a wrapper or a list of them, each "module.Class" or { "module.Class" = { kwargs } })
@@ -30,22 +35,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from diffagent.bench.sb3 import SB3_ALGORITHMS, is_sb3, sb3_hyperparameters
 from diffagent.config import algo_spec, cli_value, make_config
 from diffagent.envs import WrapperSpec, import_packages, split_env_id
 from diffagent.errors import ConfigError
-from diffagent.io import METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl, run_is_locked
+from diffagent.io import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl, run_is_locked
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "experiment"}
+GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "archive", "target_returns", "experiment"}
+# what an archived run keeps: enough for every table and figure, small enough for git
+ARCHIVED_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE)
+DETERMINISTIC_RETURN, STOCHASTIC_RETURN = "eval_return", "eval_return_stochastic"  # metrics.jsonl's keys
 EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set",
                    "env_kwargs", "gym_packages"}
 
@@ -109,15 +119,29 @@ class Job:
     overrides: tuple[tuple[str, Any], ...] = ()
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     gym_packages: tuple[str, ...] = ()
+    archive_dir: Path | None = None
+    """Where the finished run's small files are kept (the grid's `archive`), or None."""
 
     @property
     def name(self) -> str:
         return f"{self.algo} {self.env_id} seed {self.seed} ({self.steps:,} steps)"
 
+    def source_dir(self) -> Path:
+        """Where this run's files are read from: its run directory once training has written metrics there,
+        else its archived copy when there is one (on a machine that did not train it)."""
+        if (self.run_dir / METRICS_FILE).is_file() or self.archive_dir is None:
+            return self.run_dir
+        return self.archive_dir if (self.archive_dir / METRICS_FILE).is_file() else self.run_dir
+
+    def is_archived_only(self) -> bool:
+        """Whether this run is known here only from its archived files (its checkpoints stayed where it trained)."""
+        return self.source_dir() != self.run_dir
+
     def trained_steps(self) -> int | None:
-        """Steps of the finished run in run_dir (from its results.json), or None when it has not finished."""
+        """Steps of the finished run (its results.json, in the run directory or archived), or None when it has
+        not finished."""
         try:
-            return int(json.loads((self.run_dir / RESULTS_FILE).read_text())["total_steps"])
+            return int(json.loads((self.source_dir() / RESULTS_FILE).read_text())["total_steps"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -139,24 +163,26 @@ class Job:
 
     def train_command(self, executable: str = "diffagent") -> list[str]:
         """The `diffagent train` command line of this run (what the report quotes)."""
-        command = [executable, "train", *self._gym_packages_options(), "--algo", self.algo, "--env", self.env_id,
+        trainer = ["bench", "sb3"] if is_sb3(self.algo) else ["train"]
+        command = [executable, *trainer, *self._gym_packages_options(), "--algo", self.algo, "--env", self.env_id,
                    "--steps", str(self.steps), "--seed", str(self.seed), "--eval-every", str(self.eval_every),
                    "--eval-episodes", str(self.eval_episodes)]
         for key, value in self.env_kwargs:
             command += ["--env-kwargs", f"{key}={json.dumps(value)}"]
         if self.hyperparams is not None:
             command += ["--hparams", str(self.hyperparams)]
-        for key, value in self.overrides:
-            command += ["--set", f"{key}={cli_value(value)}"]
+        for key, value in self.overrides:  # an SB3 keyword argument may be a table (policy_kwargs): JSON
+            command += ["--set", f"{key}={json.dumps(value) if is_sb3(self.algo) else cli_value(value)}"]
         return command
 
     def _gym_packages_options(self) -> list[str]:
         return [option for package in self.gym_packages for option in ("--gym-packages", package)]
 
     def process_command(self) -> list[str]:
-        """What the runner executes: train (new) or resume (a checkpoint exists), one thread."""
+        """What the runner executes: train (new) or resume (a checkpoint exists), one thread. An SB3 run's
+        command continues from its checkpoint by itself."""
         cli = [sys.executable, "-m", "diffagent.cli"]
-        if self.has_checkpoint():
+        if self.has_checkpoint() and not is_sb3(self.algo):
             module = split_env_id(self.env_id)[0]  # a resumed run imports what its training imported
             packages = self._gym_packages_options() + (["--gym-packages", module] if module else [])
             return cli + ["resume", str(self.run_dir), *packages, "--steps", str(self.steps), "--threads", "1"]
@@ -173,6 +199,9 @@ class Grid:
     out: Path
     results: Path
     references: Path | None = None
+    archive: Path | None = None
+    target_returns: dict[str, float] = field(default_factory=dict)
+    """env -> the return whose first crossing measures sample efficiency."""
     jobs: list[Job] = field(default_factory=list)
     budgets: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     """(env, algo) -> every step budget the grid asks of it (a run covers all of them up to its largest)."""
@@ -202,9 +231,10 @@ def _unknown_keys(where: str, keys: Iterable[str], known: set[str]) -> None:
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, archive: str | Path | None = None) -> Grid:
     """Parse and check a grid file; every env, algorithm, hyperparameter and override is validated
-    before anything runs, so a typo fails here and not in a job hours later."""
+    before anything runs, so a typo fails here and not in a job hours later. `archive` replaces the grid's
+    own (a grid run from another checkout archives into the one that commits the results)."""
     import gymnasium as gym  # diffagent's own envs are registered: importing this module ran diffagent/__init__
 
     path = Path(path)
@@ -223,7 +253,8 @@ def load_grid(path: str | Path) -> Grid:
         raise ConfigError(f"{path}: hyperparams folder {hyper_dir} does not exist")
     grid = Grid(name=_checked(str(path), "name", spec.get("name", path.stem), str), path=path,
                 out=beside("out", f"runs/{path.stem}"), results=beside("results", "results"),
-                references=beside("references"))
+                references=beside("references"), archive=Path(archive) if archive else beside("archive"),
+                target_returns=_target_returns(path, spec.get("target_returns", {})))
     seen: dict[Path, Job] = {}
     for number, experiment in enumerate(experiments, 1):
         where = f"{path}, experiment {number}"
@@ -258,18 +289,12 @@ def load_grid(path: str | Path) -> Grid:
         for seed in _checked_list(where, "seeds", experiment["seeds"], int):
             for env_id in envs:
                 for algo in algos:
-                    algo_spec(algo)
-                    hyper_file = hyper_dir / f"{env_file_name(env_id)}.toml" if hyper_dir else None
-                    if hyper_file is not None and not hyper_file.is_file():
-                        hyper_file = None  # the library defaults; `bench run --dry-run` shows which file each run uses
-                    hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
-                    try:
-                        make_config(algo, {**split_env_settings(hyper, str(hyper_file))[0], **dict(overrides)})
-                    except ConfigError as err:
-                        raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
-                    run_dir = grid.out / env_file_name(env_id) / algo / f"s{seed}"
+                    hyper_file = _checked_algo(where, algo, env_id, hyper_dir, dict(overrides))
+                    run_path = Path(env_file_name(env_id)) / algo / f"s{seed}"
+                    run_dir = grid.out / run_path
                     job = Job(algo, env_id, seed, steps, eval_every, eval_episodes, checkpoint_every, run_dir,
-                              hyper_file, overrides, tuple(sorted(env_kwargs.items())), tuple(gym_packages))
+                              hyper_file, overrides, tuple(sorted(env_kwargs.items())), tuple(gym_packages),
+                              grid.archive / run_path if grid.archive else None)
                     grid.budgets.setdefault((env_id, algo), [])
                     if steps not in grid.budgets[(env_id, algo)]:
                         grid.budgets[(env_id, algo)].append(steps)
@@ -289,12 +314,67 @@ def load_grid(path: str | Path) -> Grid:
     return grid
 
 
+def _checked_algo(where: str, algo: str, env_id: str, hyper_dir: Path | None, overrides: dict[str, Any]) -> Path | None:
+    """Check an algorithm of an experiment with its hyperparameters and overrides; its hyperparameter file, or
+    None for the library defaults (and for an SB3 run, which takes rl-baselines3-zoo's and the overrides)."""
+    if is_sb3(algo):
+        try:
+            sb3_hyperparameters(algo, overrides)
+        except ConfigError as err:
+            raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
+        return None
+    try:
+        algo_spec(algo)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}; a grid also runs Stable-Baselines3's: "
+                          f"{', '.join(SB3_ALGORITHMS)}") from None
+    hyper_file = hyper_dir / f"{env_file_name(env_id)}.toml" if hyper_dir else None
+    if hyper_file is not None and not hyper_file.is_file():
+        hyper_file = None  # the library defaults; `bench run --dry-run` shows which file each run uses
+    hyper = load_hyperparameters(hyper_file, algo) if hyper_file is not None else {}
+    try:
+        make_config(algo, {**split_env_settings(hyper, str(hyper_file))[0], **overrides})
+    except ConfigError as err:
+        raise ConfigError(f"{where}, {algo} on {env_id}: {err}") from None
+    return hyper_file
+
+
+def _target_returns(path: Path, table: Any) -> dict[str, float]:
+    if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              for v in table.values()):
+        raise ConfigError(f"{path}: target_returns must be a table of env ids to returns, e.g. "
+                          'target_returns = { "Hopper-v4" = 1000 }')
+    return {env_id: float(value) for env_id, value in table.items()}
+
+
+def algo_family(algo: str) -> str:
+    """The Gaussian baseline an algorithm belongs with (diffsac -> sac, sb3-ppo -> ppo): its colour, its
+    references, and what a diffusion algorithm is compared against."""
+    return SB3_ALGORITHMS[algo].family if is_sb3(algo) else algo_spec(algo).family
+
+
+def is_on_policy(algo: str) -> bool:
+    return SB3_ALGORITHMS[algo].on_policy if is_sb3(algo) else algo_spec(algo).algorithm.on_policy
+
+
+def archive_run(job: Job) -> bool:
+    """Copy a finished run's small files (ARCHIVED_FILES) to its archive folder; False when there is nothing to
+    copy (no archive, or the run has not finished here)."""
+    if job.archive_dir is None or job.is_archived_only() or not (job.run_dir / RESULTS_FILE).is_file():
+        return False
+    job.archive_dir.mkdir(parents=True, exist_ok=True)
+    for name in ARCHIVED_FILES:
+        if (job.run_dir / name).is_file():
+            shutil.copyfile(job.run_dir / name, job.archive_dir / name)
+    return True
+
+
 
 # --- reading runs ----------------------------------------------------------------------------------
-def read_curve(run_dir: Path) -> dict[int, float]:
-    """step -> deterministic evaluation return, from metrics.jsonl (the last record of a step wins)."""
-    return {int(record["step"]): float(record["eval_return"])
-            for record in read_jsonl(run_dir / METRICS_FILE) if "eval_return" in record}
+def read_curve(run_dir: Path, key: str = DETERMINISTIC_RETURN) -> dict[int, float]:
+    """step -> evaluation return (deterministic, or `key`=STOCHASTIC_RETURN), from metrics.jsonl (the last record
+    of a step wins). A run recorded before the stochastic return was has an empty stochastic curve."""
+    return {int(record["step"]): float(record[key]) for record in read_jsonl(run_dir / METRICS_FILE) if key in record}
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from diffagent.bench.grid import Grid, Job
+from diffagent.bench.grid import Grid, Job, archive_run
 from diffagent.errors import DiffAgentError
 from diffagent.io import CHECKPOINT_DIR, METRICS_FILE, run_lock
 
@@ -38,7 +38,8 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
     runner checks and tidies a job under its lock, and the training it starts takes the lock itself,
     so a run is never trained by two processes at once: of two runners that start one job in the
     same instant, the second's training is refused and reported failed. Each job's output goes to
-    RUN_DIR/train.log. Returns the job names per outcome: already_done, trained, failed, skipped.
+    RUN_DIR/train.log. A run that finishes is archived (the grid's `archive`, see archive_run). Returns the job
+    names per outcome: already_done, trained, failed, skipped.
     """
     parallel = max(1, parallel or os.cpu_count() or 1)
     outcome: dict[str, list[str]] = {"already_done": [], "trained": [], "failed": [], "skipped": []}
@@ -49,8 +50,11 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
             outcome["already_done"].append(job.name)
         elif status == "stale":
             outcome["skipped"].append(job.name)
-            echo(f"skip {job.name}: {job.run_dir} holds a finished {job.trained_steps():,}-step run and no "
-                 "checkpoint to extend it from; move it away to train again")
+            where = (f"{job.archive_dir} holds the archived files of a finished {job.trained_steps():,}-step run, "
+                     "whose checkpoints stayed on the machine that trained it" if job.is_archived_only() else
+                     f"{job.run_dir} holds a finished {job.trained_steps():,}-step run and no checkpoint")
+            echo(f"skip {job.name}: {where}; nothing to extend it from, so move that directory away to train it "
+                 "again from the start")
         else:
             queue.append(job)
     echo(f"{grid.name}: {len(grid.jobs)} runs, {len(outcome['already_done'])} done, {len(queue)} to run, "
@@ -92,7 +96,8 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
                 minutes = (time.perf_counter() - entry.started) / 60
                 if entry.process.returncode == 0:
                     outcome["trained"].append(entry.job.name)
-                    echo(f"finished {entry.job.name} in {minutes:.1f} min")
+                    archived = f"; archived in {entry.job.archive_dir}" if archive_run(entry.job) else ""
+                    echo(f"finished {entry.job.name} in {minutes:.1f} min{archived}")
                 else:
                     outcome["failed"].append(entry.job.name)
                     echo(f"FAILED {entry.job.name} (exit {entry.process.returncode}); see {entry.job.run_dir / LOG_FILE}")
