@@ -1,18 +1,23 @@
 """Benchmark grids: parsing, the resumable runner, run locks, and the statistics of the report."""
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from diffagent import Agent, ConfigError, DiffAgentError
-from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, read_curve, run_grid, score_at,
-                             seed_interval, summarize, write_report)
+from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, performance_profile,
+                             probability_of_improvement, read_curve, run_grid, score_at, seed_interval, steps_to_reach,
+                             summarize, train_sb3, write_report)
+from diffagent.bench.stats import iqm_curve
 from diffagent.cli import main
 from diffagent.io import run_lock
 
@@ -63,6 +68,22 @@ def test_fewer_than_five_seeds_get_their_range_not_a_ci():
     assert seed_interval([1.0, 3.0, 2.0, 9.0]) == ("min-max", (1.0, 9.0))
     label, (low, high) = seed_interval([1.0, 3.0, 2.0, 9.0, 4.0])
     assert label == "95% CI" and (low, high) == bootstrap_interval([1.0, 3.0, 2.0, 9.0, 4.0])
+
+
+@pytest.mark.math
+def test_probability_of_improvement_profiles_and_steps_to_reach_a_return():
+    better = np.arange(5.0)[:, None]  # (seeds, envs)
+    p, interval = probability_of_improvement(better, better - 10)
+    assert p == 1.0 and interval == (1.0, 1.0)
+    assert probability_of_improvement(better, better)[0] == 0.5  # a tie
+    assert probability_of_improvement(better[:4], better - 10) == (1.0, None)  # no interval below 5 seeds
+    profile, band = performance_profile({"a": better}, np.array([0.5, 2.5, 4.5]))["a"]
+    np.testing.assert_allclose(profile, [0.8, 0.4, 0.0])  # the fraction of runs above each threshold
+    assert band.shape == (2, 3) and performance_profile({"a": better[:4]}, np.array([1.0]))["a"][1] is None
+    assert steps_to_reach({5: 1.0, 10: 3.0, 15: 2.0}, 2.5) == 10 and steps_to_reach({5: 1.0}, 2.0) == math.inf
+    assert iqm([100.0, 200.0, math.inf, 300.0, 400.0]) == 300.0  # a seed that never got there: above every other
+    centre, band = iqm_curve(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    np.testing.assert_allclose(centre, [2.0, 3.0]) and band is None  # 2 seeds: no bootstrap band
 
 
 @pytest.mark.math
@@ -253,3 +274,159 @@ def test_a_killed_runner_stops_its_trainings_and_a_rerun_resumes_them(tmp_path):
     assert len(outcome["trained"]) == 1 and Agent.resume(job.run_dir).num_steps == 3000
     steps = [json.loads(line)["step"] for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no step logged twice across the kill
+
+
+SB3_TINY = {"learning_starts": 50, "batch_size": 32, "policy_kwargs": {"net_arch": [16, 16]}}
+
+
+def table_lines(report: Path) -> list[str]:
+    """The report's text without its first paragraph's date and versions line."""
+    return [line for line in report.read_text().splitlines() if not line.startswith("Grid `")]
+
+
+@pytest.mark.artifacts
+def test_sb3_runs_beside_diffagent_and_the_report_rebuilds_from_the_archive_alone(tmp_path):
+    grid_file = write_grid(tmp_path, 200, extra=f'archive = "{tmp_path / "zoo-runs"}"\ntarget_returns = {{ "Pendulum-v1" = -1500 }}')
+    grid_file.write_text(grid_file.read_text() + textwrap.dedent("""
+        [[experiment]]
+        envs = ["Pendulum-v1"]
+        algos = ["sb3-sac"]
+        seeds = [0, 1]
+        steps = 200
+        eval_every = 100
+        eval_episodes = 1
+        set = { learning_starts = 50, batch_size = 32, policy_kwargs = { net_arch = [16, 16] } }
+    """))
+    grid = load_grid(grid_file)
+    messages = []
+    outcome = run_grid(grid, parallel=2, echo=messages.append, poll_seconds=0.2)
+    assert len(outcome["trained"]) == 4 and not outcome["failed"], messages
+    sb3_job = next(job for job in grid.jobs if job.algo == "sb3-sac")
+    records = [json.loads(line) for line in (sb3_job.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [100, 200] and "eval_return_stochastic" in records[-1]
+    assert json.loads((sb3_job.run_dir / "config.json").read_text())["hyperparameters"]["learning_starts"] == 50
+    for job in grid.jobs:  # archived when they finished: the small files only
+        assert sorted(p.name for p in job.archive_dir.iterdir()) == ["config.json", "metrics.jsonl", "results.json"]
+
+    report = write_report(grid)
+    text = report.read_text()
+    assert "| Pendulum-v1 | sb3-sac | 200 | 2 |" in text and "stochastic IQM" in text
+    assert "| 200 | sac | sb3-sac | Pendulum-v1 | 2 vs 2 |" in text and "no interval below 5 seeds" in text
+    assert "## Sample efficiency" in text and "diffagent bench sb3 --algo sb3-sac" in text
+    tables, numbers = table_lines(report), json.loads((report.parent / "tiny.json").read_text())
+
+    shutil.rmtree(tmp_path / "runs")  # a fresh clone: the archive alone
+    fresh = load_grid(grid_file)
+    assert {job.status() for job in fresh.jobs} == {"done"} and all(job.is_archived_only() for job in fresh.jobs)
+    assert not run_grid(fresh, echo=messages.append, poll_seconds=0.2)["trained"]  # nothing to train again
+    again = write_report(fresh)
+    assert table_lines(again) == tables
+    rebuilt = json.loads((again.parent / "tiny.json").read_text())
+    assert all(rebuilt[key] == numbers[key] for key in ("rows", "improvements", "sample_efficiency"))
+    pytest.importorskip("matplotlib")
+    assert (report.parent / "tiny-Pendulum-v1.png").stat().st_size > 1000
+
+
+@pytest.mark.artifacts
+def test_an_sb3_run_continues_from_its_checkpoint_to_a_larger_budget(tmp_path):
+    settings = dict(eval_every=100, eval_episodes=1, checkpoint_every=100, overrides=SB3_TINY)
+    train_sb3("sb3-sac", "Pendulum-v1", 200, 3, tmp_path, **settings)
+    first = json.loads((tmp_path / "results.json").read_text())
+    train_sb3("sb3-sac", "Pendulum-v1", 300, 3, tmp_path, **settings)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["total_steps"] == 300 and results["evaluations"][:2] == first["evaluations"]
+    assert sorted(read_curve(tmp_path)) == [100, 200, 300] and results["train_time_s"] > first["train_time_s"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step_")] == ["step_0000000300"]
+    with pytest.raises(ConfigError, match="holds another run"):
+        train_sb3("sb3-sac", "Pendulum-v1", 300, 4, tmp_path, **settings)
+
+
+@pytest.mark.artifacts
+def test_sb3_settings_and_algorithm_names_are_checked_when_the_grid_is_read(tmp_path):
+    grid = write_grid(tmp_path, 100)
+    text = grid.read_text()
+    grid.write_text(text.replace('algos = ["sac"]', 'algos = ["sb3-sac"]\nset = { learning_start = 5 }'))
+    with pytest.raises(ConfigError, match="SAC has no keyword argument 'learning_start'"):
+        load_grid(grid)
+    grid.write_text(text.replace('algos = ["sac"]', 'algos = ["sb3-sax"]'))
+    with pytest.raises(ConfigError, match="unknown algorithm 'sb3-sax'.*sb3-sac, sb3-ppo"):
+        load_grid(grid)
+
+
+def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool = True) -> None:
+    """What archive_run keeps of a finished run, made up: its curve and results."""
+    folder.mkdir(parents=True)
+    records = [{"step": step, "eval_return": value, **({"eval_return_stochastic": value - 50} if stochastic else {})}
+               for step, value in curve.items()]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    (folder / "results.json").write_text(json.dumps({"total_steps": max(curve), "train_time_s": 10.0}))
+    (folder / "config.json").write_text("{}")
+
+
+@pytest.mark.artifacts
+def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_efficiency(tmp_path):
+    archive = tmp_path / "archive"
+    for env, scale in (("Hopper-v4", 1.0), ("Walker2d-v4", 2.0)):
+        for algo, shift in (("sac", 0.0), ("diffsac", 300.0)):
+            for seed in range(5):
+                final = scale * (1000 + 100 * seed + shift)
+                write_archived_run(archive / env / algo / f"s{seed}", {50: final / 2, 100: final},
+                                   stochastic=seed != 4)  # seed 4 recorded before the stochastic return was
+    references = tmp_path / "references.toml"
+    references.write_text('[[normalization]]\nenv = "Hopper-v4"\nrandom = 0.0\nexpert = 2000.0\nsource = "test"\n'
+                          '[[normalization]]\nenv = "Walker2d-v4"\nrandom = 0.0\nexpert = 4000.0\nsource = "test"\n')
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "five"
+        out = "{tmp_path / 'runs'}"
+        archive = "{archive}"
+        results = "{tmp_path / 'results'}"
+        references = "{references}"
+        target_returns = {{ "Hopper-v4" = 1350, "Walker2d-v4" = 100 }}
+        [[experiment]]
+        envs = ["Hopper-v4", "Walker2d-v4"]
+        algos = ["sac", "diffsac"]
+        seeds = [0, 1, 2, 3, 4]
+        steps = 100
+        eval_every = 50
+    """))
+    grid = load_grid(grid_file)
+    text = write_report(grid, grid.references, echo=lambda _: None).read_text()
+    assert "| Hopper-v4 | diffsac | 100 | 5 | 1,500.0 [95% CI " in text
+    assert "[min-max 1,250.0, 1,550.0]" in text  # the stochastic return of the 4 seeds that recorded it
+    assert "| 100 | diffsac | sac | Hopper-v4 + Walker2d-v4 | 5 vs 5 | 0.92 [95% CI 0.78, 1.00] |" in text
+    assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.75 [95% CI " in text  # IQM of normalised scores
+    assert ("| Hopper-v4 | 1,350 | 100 | diffsac | 4 of 5 | 100 [95% CI 100, not by 100] | "
+            "not by 100, 100, 100, 100, 100 |") in text  # seed 0 ended at 1,300
+    numbers = json.loads((tmp_path / "results" / "five.json").read_text())
+    assert numbers["across_envs"][0]["profiles"]["diffsac"]["band"] is not None
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "results" / "five-summary.png").stat().st_size > 1000
+
+
+@pytest.mark.artifacts
+def test_the_campaign_grids_run_five_seeds_seed_major_beside_sb3_and_archive_in_the_zoo():
+    root = Path(__file__).resolve().parents[1]
+    for name in ("campaign-hopper-walker", "campaign-halfcheetah-ant", "campaign-300k"):
+        grid = load_grid(root / "zoo" / "grids" / f"{name}.toml")
+        assert grid.archive == root / "zoo" / "runs" / "campaign"
+        assert {"sb3-sac"} <= {job.algo for job in grid.jobs} and [job.seed for job in grid.jobs] == sorted(
+            job.seed for job in grid.jobs)
+        for (env_id, algo), budgets in grid.budgets.items():
+            assert {job.seed for job in grid.jobs if (job.env_id, job.algo) == (env_id, algo)} == set(range(5))
+            assert env_id in grid.target_returns
+    part1 = load_grid(root / "zoo" / "grids" / "campaign-hopper-walker.toml")
+    assert {(job.algo, job.steps, job.eval_every) for job in part1.jobs} == {
+        *((algo, 100_000, 5000) for algo in ("sac", "diffsac", "wpo", "diffwpo", "sb3-sac")),
+        *((algo, 1_000_000, 20_000) for algo in ("ppo", "diffppo", "sb3-ppo"))}
+
+
+@pytest.mark.artifacts
+def test_git_keeps_only_an_archived_runs_small_files():
+    root = Path(__file__).resolve().parents[1]
+    run = "zoo/runs/campaign/Hopper-v4/sac/s0"
+    paths = [f"{run}/{name}" for name in ("config.json", "results.json", "metrics.jsonl", "model.safetensors",
+                                          "train.log", "checkpoints/latest.json")]
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=root, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == paths[3:]

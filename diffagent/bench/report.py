@@ -1,10 +1,25 @@
-"""The report of a grid: a table of IQM [bootstrap 95% CI, or min-max below 5 seeds] per (env, algo, budget)
-beside published references, learning curves, the multimodal bandits' mode coverage, and every number as JSON."""
+"""The report of a grid, from each run's evaluation curve (read from its run directory or its archived copy, so it
+rebuilds from git alone):
+
+- per (env, algo, budget): the IQM over seeds of the deterministic return, and of the stochastic one, with a
+  stratified-bootstrap 95% interval from 5 seeds on (the seeds' min-max below, named so), beside the published
+  references;
+- each algorithm's probability of improvement over its Gaussian base and over Stable-Baselines3's of its family,
+  per env and across envs, with its interval from 5 seeds on;
+- across envs, the IQM of scores normalised by each env's random and expert returns (references file), and
+  performance profiles;
+- sample efficiency: the steps each run took to first reach the grid's target return on an env;
+- learning curves per env and one summary figure (matplotlib; without it, the tables alone), the multimodal
+  bandits' mode coverage, and every number as JSON.
+
+The statistics are rliable's (stats.py).
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import shlex
@@ -15,11 +30,14 @@ from typing import Any, Callable
 import numpy as np
 
 from diffagent.agent import Agent
-from diffagent.bench.grid import Grid, env_file_name, last_metrics, read_curve, read_toml
-from diffagent.bench.stats import MIN_SEEDS_FOR_CI, iqm, score_at, seed_interval
-from diffagent.config import algo_spec
+from diffagent.bench.grid import (STOCHASTIC_RETURN, Grid, algo_family, archive_run, env_file_name, is_on_policy,
+                                  last_metrics, read_curve, read_toml)
+from diffagent.bench.plots import plot_curves, plot_summary
+from diffagent.bench.sb3 import is_sb3
+from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
+                                   score_at, seed_interval, steps_to_reach)
 from diffagent.errors import ConfigError
-from diffagent.io import RESULTS_FILE, write_json
+from diffagent.io import RESULTS_FILE, WEIGHTS_FILE, write_json
 from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, MODE_RADIUS, make_bandit, mode_coverage,
                                   plot_samples)
 
@@ -47,22 +65,40 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
 
 
 REFERENCE_KEYS = {"env", "algo", "steps", "mean", "std", "source"}
+NORMALIZATION_KEYS = {"env", "random", "expert", "source"}
+
+
+def _reference_tables(path: Path | None, table: str, keys: set[str]) -> list[dict[str, Any]]:
+    """The [[table]] entries of a references file, each checked to hold `keys`."""
+    if path is None:
+        return []
+    entries = read_toml(path, "reference").get(table, [])
+    for number, entry in enumerate(entries, 1):
+        missing = keys - set(entry)
+        if missing:
+            raise ConfigError(f"{path}, {table} {number} lacks {', '.join(sorted(missing))}")
+    return entries
 
 
 def load_references(path: Path | None) -> list[dict[str, Any]]:
     """Reference results (zoo/references.toml): [[reference]] tables of env, algo, steps, mean, std, source."""
-    if path is None:
-        return []
-    references = read_toml(path, "reference").get("reference", [])
-    for number, reference in enumerate(references, 1):
-        missing = REFERENCE_KEYS - set(reference)
-        if missing:
-            raise ConfigError(f"{path}, reference {number} lacks {', '.join(sorted(missing))}")
-    return references
+    return _reference_tables(path, "reference", REFERENCE_KEYS)
+
+
+def load_normalization(path: Path | None) -> dict[str, dict[str, Any]]:
+    """env -> {random, expert, source}: the returns a normalised score maps to 0 and 1 ([[normalization]] tables
+    of a references file), so that scores of different envs can be aggregated."""
+    normalization = {}
+    for entry in _reference_tables(path, "normalization", NORMALIZATION_KEYS):
+        if not entry["expert"] > entry["random"]:
+            raise ConfigError(f"{path}: the normalization of {entry['env']} needs expert > random, got "
+                              f"{entry['expert']} and {entry['random']}")
+        normalization[entry["env"]] = entry
+    return normalization
 
 
 def _reference_for(references: list[dict], env_id: str, algo: str, steps: int) -> str:
-    family = algo_spec(algo).family  # its Gaussian baseline, whose published results are the reference
+    family = algo_family(algo)  # its Gaussian baseline, whose published results are the reference
     found = [r for r in references if r["env"] == env_id and r["algo"] == family and r["steps"] == steps]
     return "; ".join(f"{family.upper()} {r['mean']:,.0f} +/- {r['std']:,.0f} ({r['source']})" for r in found) or "-"
 
@@ -76,18 +112,32 @@ def _steps_per_second(run_dir: Path) -> float | None:
         return None
 
 
-def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str, Any]]:
-    """One row per (env, algo, budget): per-seed scores, IQM with its interval over seeds (`seed_interval`), and
-    more."""
+class _Curves:
+    """Every run's deterministic and stochastic curves, each metrics file read once, from its run directory or
+    its archived copy."""
+
+    def __init__(self, grid: Grid):
+        self.deterministic = {job.run_dir: read_curve(job.source_dir()) for job in grid.jobs}
+        self.stochastic = {job.run_dir: read_curve(job.source_dir(), STOCHASTIC_RETURN) for job in grid.jobs}
+
+
+def _iqm_with_interval(values: list[float]) -> dict[str, Any]:
+    interval, (low, high) = seed_interval(values)
+    return {"iqm": iqm(values), "ci": (low, high), "interval": interval}
+
+
+def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves | None = None) -> list[dict[str, Any]]:
+    """One row per (env, algo, budget): per-seed scores (deterministic and stochastic), IQM with its interval over
+    seeds (`seed_interval`), speed, the reference, the command."""
     references = references or []
-    curves = {job.run_dir: read_curve(job.run_dir) for job in grid.jobs}  # each metrics file read once
+    curves = curves or _Curves(grid)
     rows = []
     for (env_id, algo), budgets in grid.budgets.items():
         for budget in sorted(budgets):
             jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.steps >= budget]
-            scores, times, missing, partial = {}, [], [], {}
+            scores, stochastic, times, missing, partial = {}, {}, [], [], {}
             for job in jobs:
-                curve = curves[job.run_dir]
+                curve = curves.deterministic[job.run_dir]
                 score = score_at(curve, budget)
                 if score is None:
                     missing.append(job.seed)
@@ -95,83 +145,208 @@ def summarize(grid: Grid, references: list[dict] | None = None) -> list[dict[str
                         partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
                 scores[job.seed] = score
-                speed = _steps_per_second(job.run_dir)
+                stochastic_score = score_at(curves.stochastic[job.run_dir], budget)
+                if stochastic_score is not None:  # absent from runs recorded before it was
+                    stochastic[job.seed] = stochastic_score
+                speed = _steps_per_second(job.source_dir())
                 if speed:
                     times.append(speed)
             values = list(scores.values())
             row = {"env": env_id, "algo": algo, "steps": budget, "seeds": sorted(scores), "missing_seeds": missing,
-                   "partial": partial,
-                   "scores": scores, "reference": _reference_for(references, env_id, algo, budget),
+                   "partial": partial, "scores": scores, "stochastic_scores": stochastic,
+                   "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
-                interval, (low, high) = seed_interval(values)
-                row.update(iqm=iqm(values), ci=(low, high), interval=interval, mean=float(np.mean(values)),
-                           std=float(np.std(values)))
+                row.update(_iqm_with_interval(values), mean=float(np.mean(values)), std=float(np.std(values)))
+            if stochastic:
+                row["stochastic"] = _iqm_with_interval(list(stochastic.values()))
             rows.append(row)
     return rows
+
+
+def _format_centre(value: float, interval: str, low: float, high: float, seeds: int, digits: int = 1) -> str:
+    if seeds == 1:  # one seed has no spread to report
+        return f"{value:,.{digits}f} (one seed)"
+    return f"{value:,.{digits}f} [{interval} {low:,.{digits}f}, {high:,.{digits}f}]"
 
 
 def _format_row(row: dict[str, Any]) -> list[str]:
     if "iqm" not in row:
         reached = "; ".join(f"seed {seed}: {score:,.1f} at {step:,} steps" for seed, (step, score) in row["partial"].items())
         return [row["env"], row["algo"], f"{row['steps']:,}", "0", f"not finished ({reached})" if reached else "not run",
-                "-", "-", row["reference"]]
-    low, high = row["ci"]
+                "-", "-", "-", row["reference"]]
+    seeds = len(row["seeds"])
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
-    spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}"
-    centre = f"{row['iqm']:,.1f} [{row['interval']} {low:,.1f}, {high:,.1f}]"
-    if len(row["seeds"]) == 1:  # one seed has no spread to report
-        centre, spread = f"{row['iqm']:,.1f} (one seed)", "-"
-    return [row["env"], row["algo"], f"{row['steps']:,}", str(len(row["seeds"])), centre, spread, speed,
+    spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}" if seeds > 1 else "-"
+    stochastic = row.get("stochastic")
+    stochastic_cell = (_format_centre(stochastic["iqm"], stochastic["interval"], *stochastic["ci"],
+                                      len(row["stochastic_scores"])) if stochastic else "-")
+    return [row["env"], row["algo"], f"{row['steps']:,}", str(seeds),
+            _format_centre(row["iqm"], row["interval"], *row["ci"], seeds), spread, stochastic_cell, speed,
             row["reference"]]
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results table: IQM [its interval] over seeds, mean +/- std, speed, the reference beside."""
-    header = ["env", "algo", "steps", "seeds", "IQM [interval]", "mean +/- std", "steps/s", "reference"]
+def _table(header: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_format_row(row)) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-# one colour per family: the Gaussian baseline dashed, its diffusion version solid
-FAMILY_COLOURS = {"sac": "tab:blue", "wpo": "tab:green", "ppo": "tab:purple"}
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The results table: IQM [its interval] over seeds, mean +/- std, the stochastic return, speed, the reference."""
+    return _table(["env", "algo", "steps", "seeds", "IQM [interval]", "mean +/- std", "stochastic IQM [interval]",
+                   "steps/s", "reference"], [_format_row(row) for row in rows])
 
 
-def plot_curves(grid: Grid, env_id: str, path: Path) -> Path | None:
-    """Learning curves on `env_id`: IQM over seeds with a band (`seed_interval`: a bootstrap 95% CI from 5 seeds,
-    the seeds' range below), one panel for the off-policy algorithms and one for the on-policy ones (their
-    budgets differ tenfold)."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display backend
+# --- comparisons ------------------------------------------------------------------------------------------------
+def _opponents(algo: str, algos: set[str]) -> list[str]:
+    """Whom `algo` is compared with: its Gaussian base (diffsac -> sac), and Stable-Baselines3's algorithm of its
+    family (sb3-sac), those of them the grid runs at the same budget."""
+    family = algo_family(algo)
+    candidates = [] if is_sb3(algo) else [family, f"sb3-{family}"]
+    return [other for other in candidates if other != algo and other in algos]
 
-    algos = list(dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id))
-    on_policy = {algo: algo_spec(algo).algorithm.on_policy for algo in algos}
-    panels = [group for group in ([a for a in algos if not on_policy[a]], [a for a in algos if on_policy[a]]) if group]
-    fig = Figure(figsize=(6.4 * len(panels), 4.2), layout="constrained")
-    drawn = False
-    for ax, group in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        for algo in group:
-            curves = [c for c in (read_curve(j.run_dir) for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
-            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []  # reached by every seed
-            if not steps:
+
+def _seed_matrix(rows: dict[tuple[str, str], dict[str, Any]], algo: str, envs: list[str],
+                 key: str = "scores") -> tuple[list[int], np.ndarray]:
+    """The seeds finished on every one of `envs`, and their (seeds, envs) score matrix."""
+    seeds = sorted(set.intersection(*(set(rows[(env, algo)][key]) for env in envs)))
+    return seeds, np.array([[rows[(env, algo)][key][seed] for env in envs] for seed in seeds], dtype=np.float64)
+
+
+def _rows_at(rows: list[dict[str, Any]]) -> dict[int, dict[tuple[str, str], dict[str, Any]]]:
+    """budget -> (env, algo) -> the row, for rows with at least one finished seed."""
+    by_budget: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+    for row in rows:
+        if row["seeds"]:
+            by_budget.setdefault(row["steps"], {})[(row["env"], row["algo"])] = row
+    return by_budget
+
+
+def improvements(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Probability of improvement of each algorithm over its opponents (`_opponents`) at each budget: on each env
+    both ran, and across those envs when there are several (on the seeds finished on all of them)."""
+    comparisons = []
+    for budget, at in _rows_at(rows).items():
+        algos = {algo for _, algo in at}
+        for algo in dict.fromkeys(algo for _, algo in at):
+            for opponent in _opponents(algo, algos):
+                envs = [env for env, other in at if other == algo and (env, opponent) in at]
+                groups = [[env] for env in envs] + ([envs] if len(envs) > 1 else [])
+                for group in groups:
+                    seeds, better = _seed_matrix(at, algo, group)
+                    opponent_seeds, base = _seed_matrix(at, opponent, group)
+                    if not seeds or not opponent_seeds:
+                        continue
+                    p, interval = probability_of_improvement(better, base)
+                    comparisons.append({"steps": budget, "algo": algo, "against": opponent, "envs": group,
+                                        "seeds": (len(seeds), len(opponent_seeds)), "p": p, "ci": interval})
+    return comparisons
+
+
+def _format_probability(entry: dict[str, Any]) -> str:
+    if entry["ci"] is None:
+        return f"{entry['p']:.2f} (no interval below {MIN_SEEDS_FOR_CI} seeds)"
+    return f"{entry['p']:.2f} [95% CI {entry['ci'][0]:.2f}, {entry['ci'][1]:.2f}]"
+
+
+def improvements_table(comparisons: list[dict[str, Any]]) -> str:
+    return _table(["steps", "algo", "against", "env", "seeds", "P(algo > against)"],
+                  [[f"{c['steps']:,}", c["algo"], c["against"], " + ".join(c["envs"]), f"{c['seeds'][0]} vs {c['seeds'][1]}",
+                    _format_probability(c)] for c in comparisons])
+
+
+def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per budget, over the envs with a normalisation that every algorithm at that budget has finished seeds on:
+    each algorithm's IQM of normalised scores (over seeds and envs, with its stratified-bootstrap interval from
+    5 seeds, min-max below), and the performance profiles."""
+    groups = []
+    for budget, at in _rows_at(rows).items():
+        algos = list(dict.fromkeys(algo for _, algo in at))
+        envs = [env for env in dict.fromkeys(env for env, _ in at) if env in normalization
+                and all((env, algo) in at for algo in algos)]
+        if not envs:
+            continue
+        scale = np.array([[normalization[env]["random"], normalization[env]["expert"]] for env in envs])
+        matrices, entries = {}, []
+        for algo in algos:
+            seeds, raw = _seed_matrix(at, algo, envs)
+            if not seeds:
                 continue
-            centre = [iqm(c[s] for c in curves) for s in steps]
-            bands = np.array([seed_interval([c[s] for c in curves], samples=500)[1] for s in steps])
-            spec = algo_spec(algo)
-            colour = FAMILY_COLOURS[spec.family]
-            band = "95% CI" if len(curves) >= MIN_SEEDS_FOR_CI else "min-max"
-            ax.plot(steps, centre, color=colour, linestyle="--" if algo == spec.family else "-",
-                    label=f"{algo} ({len(curves)} seed{'s' if len(curves) > 1 else ''}, {band})")
-            ax.fill_between(steps, bands[:, 0], bands[:, 1], color=colour, alpha=0.15)
-            drawn = True
-        ax.set(title=f"{env_id}: evaluation return (IQM and its band)", xlabel="environment steps", ylabel="return")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if not drawn:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+            matrices[algo] = (raw - scale[:, 0]) / (scale[:, 1] - scale[:, 0])
+            interval, (low, high) = seed_interval(matrices[algo])
+            entries.append({"algo": algo, "seeds": len(seeds), "iqm": iqm(matrices[algo]), "low": low, "high": high,
+                            "band": interval})
+        if not entries:
+            continue
+        every_score = np.concatenate([matrix.ravel() for matrix in matrices.values()])
+        thresholds = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 81)
+        groups.append({"steps": budget, "envs": envs, "algos": entries, "thresholds": thresholds,
+                       "profiles": performance_profile(matrices, thresholds),
+                       "scale": "0: " + ", ".join(f"{normalization[env]['random']:,.0f}" for env in envs) + "; 1: "
+                                + ", ".join(f"{normalization[env]['expert']:,.0f}" for env in envs)})
+    return groups
+
+
+def across_envs_table(groups: list[dict[str, Any]]) -> str:
+    return _table(["steps", "envs", "algo", "seeds", "IQM of normalised scores [interval]"],
+                  [[f"{g['steps']:,}", ", ".join(g["envs"]), e["algo"], str(e["seeds"]),
+                    _format_centre(e["iqm"], e["band"], e["low"], e["high"], e["seeds"], digits=2)]
+                   for g in groups for e in g["algos"]])
+
+
+def sample_efficiency(grid: Grid, rows: list[dict[str, Any]], curves: _Curves) -> list[dict[str, Any]]:
+    """Per (env, algo, budget) for an env with a target return: the first evaluation step at which each finished
+    seed reached it (within the budget), and their IQM with its interval (a seed that never did counts as
+    infinitely slow)."""
+    efficiency = []
+    for row in rows:
+        target = grid.target_returns.get(row["env"])
+        if target is None or not row["seeds"]:
+            continue
+        jobs = {job.seed: job for job in grid.jobs if (job.env_id, job.algo) == (row["env"], row["algo"])}
+        steps = {seed: steps_to_reach({step: value for step, value in curves.deterministic[jobs[seed].run_dir].items()
+                                       if step <= row["steps"]}, target) for seed in row["seeds"]}
+        values = list(steps.values())
+        interval, (low, high) = seed_interval(values)
+        efficiency.append({"env": row["env"], "algo": row["algo"], "steps": row["steps"], "target": target,
+                           "per_seed": steps, "reached": sum(math.isfinite(v) for v in values),
+                           "iqm": iqm(values), "ci": (low, high), "interval": interval})
+    return efficiency
+
+
+def _format_steps(value: float, budget: int) -> str:
+    return f"{value:,.0f}" if math.isfinite(value) else f"not by {budget:,}"
+
+
+def sample_efficiency_table(efficiency: list[dict[str, Any]]) -> str:
+    cells = []
+    for e in efficiency:
+        seeds = len(e["per_seed"])
+        centre = _format_steps(e["iqm"], e["steps"])
+        if seeds > 1:
+            centre += f" [{e['interval']} {_format_steps(e['ci'][0], e['steps'])}, {_format_steps(e['ci'][1], e['steps'])}]"
+        cells.append([e["env"], f"{e['target']:,.0f}", f"{e['steps']:,}", e["algo"], f"{e['reached']} of {seeds}",
+                      centre, ", ".join(_format_steps(v, e["steps"]) for v in e["per_seed"].values())])
+    return _table(["env", "target return", "budget", "algo", "seeds that reached it", "steps to reach it, IQM [interval]",
+                   "per seed"], cells)
+
+
+# --- figures ------------------------------------------------------------------------------------------------------
+def curve_panels(grid: Grid, env_id: str, curves: _Curves) -> list[list[dict[str, Any]]]:
+    """The learning curves of `env_id` for `plot_curves`: off-policy algorithms in one panel, on-policy ones in the
+    other; the IQM over the seeds at each step every seed reached, banded (stats.iqm_curve)."""
+    panels: list[list[dict[str, Any]]] = [[], []]
+    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
+        runs = [c for c in (curves.deterministic[j.run_dir] for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
+        steps = sorted(set.intersection(*(set(curve) for curve in runs))) if runs else []  # reached by every seed
+        if not steps:
+            continue
+        returns = np.array([[curve[step] for step in steps] for curve in runs])
+        centre, band = iqm_curve(returns)
+        low, high = band if band is not None else (returns.min(axis=0), returns.max(axis=0))
+        panels[is_on_policy(algo)].append({"algo": algo, "seeds": len(runs), "steps": steps, "iqm": centre, "low": low,
+                                           "high": high, "band": "95% CI" if band is not None else "min-max"})
+    return panels
 
 
 def multimodal_section(grid: Grid, env_id: str) -> list[str]:
@@ -179,9 +354,11 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
     and a plot of the first seed's sampled actions of every algorithm side by side."""
     bandit = make_bandit(env_id)
     rows, first_seed = [], {}
-    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
+    for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id and not is_sb3(j.algo)):
         coverages = []
-        for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"):
+        # the coverage needs the policy's weights, which only the machine that trained a run has
+        for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"
+                    and (j.run_dir / WEIGHTS_FILE).is_file()):
             agent = Agent.from_pretrained(job.run_dir)
             learned = last_metrics(job.run_dir).get("alpha")  # an autotuned alpha lives in the metrics only
             coverage = mode_coverage(agent, alpha=learned, seed=job.seed, bandit=bandit)
@@ -217,37 +394,78 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
     return lines
 
 
-def write_report(grid: Grid, references_path: Path | None = None, echo: Callable[[str], None] = print) -> Path:
-    """Write RESULTS/GRID.md (table, plots, commands), GRID.json (every number) and one PNG per env.
+def _archive_finished(grid: Grid, echo: Callable[[str], None]) -> None:
+    """Archive every run finished here (the runner archives as runs finish; this covers runs finished by hand or
+    by an older runner), so that the committed files match the report."""
+    archived = [job for job in grid.jobs if job.status() == "done" and archive_run(job)]
+    if archived:
+        echo(f"archived {len(archived)} finished runs in {grid.archive}")
 
-    `references_path`: published results shown beside ours (see `load_references`), or None.
+
+def write_report(grid: Grid, references_path: Path | None = None, echo: Callable[[str], None] = print) -> Path:
+    """Write RESULTS/GRID.md (tables, figures, commands), GRID.json (every number), one PNG per env and a summary
+    PNG across envs.
+
+    `references_path`: published results shown beside ours and each env's normalisation (see `load_references`,
+    `load_normalization`), or None.
     """
-    references = load_references(references_path)
-    if not grid.out.is_dir():
-        echo(f"warning: {grid.out} (the grid's `out`) does not exist: no run of this grid has started")
-    rows = summarize(grid, references)
+    references, normalization = load_references(references_path), load_normalization(references_path)
+    if not grid.out.is_dir() and not (grid.archive and grid.archive.is_dir()):
+        echo(f"warning: {grid.out} (the grid's `out`) does not exist, nor does an archive of its runs: no run of "
+             "this grid has started")
+    _archive_finished(grid, echo)
+    curves = _Curves(grid)
+    rows = summarize(grid, references, curves)
+    comparisons = improvements(rows)
+    groups = across_envs(rows, normalization)
+    efficiency = sample_efficiency(grid, rows, curves)
     grid.results.mkdir(parents=True, exist_ok=True)
     info = machine_info()
-    plots = {}
+    figures = {}
     try:
         for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
-            png = plot_curves(grid, env_id, grid.results / f"{grid.name}-{env_file_name(env_id)}.png")
+            png = plot_curves(env_id, curve_panels(grid, env_id, curves),
+                              grid.results / f"{grid.name}-{env_file_name(env_id)}.png")
             if png is not None:
-                plots[env_id] = png.name
+                figures[env_id] = png.name
+        summary_png = plot_summary(groups, grid.results / f"{grid.name}-summary.png")
     except ImportError:
-        echo("no plots: they need matplotlib (pip install 'diffagent[bench]')")
+        summary_png = None
+        echo("no figures: they need matplotlib (pip install 'diffagent[bench]')")
     machine = info["machine"]
     lines = [f"# {grid.name}: results", "",
              f"Grid `{grid.path.name}`; report written {info['date']} on {machine['cpu']} ({machine['cores']} "
              "cores) with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
-             "Score: deterministic evaluation return at the step budget (the mean over the evaluation episodes "
-             f"of each seed); IQM across seeds, with a percentile-bootstrap 95% interval from {MIN_SEEDS_FOR_CI} "
-             "seeds on and the seeds' min-max below; steps/s is the "
+             "Score: evaluation return at the step budget (the mean over the evaluation episodes of each seed; "
+             "deterministic, and stochastic beside it); IQM across seeds, with a stratified-bootstrap 95% interval "
+             f"(rliable) from {MIN_SEEDS_FOR_CI} seeds on and the seeds' min-max below; steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]
-    for env_id, png in plots.items():
+    for env_id, png in figures.items():
         lines += [f"![{env_id}]({png})", ""]
+    if comparisons:
+        lines += ["## Probability of improvement", "",
+                  "P(a run of algo scores above a run of the other on the same env), rliable's Mann-Whitney estimate, "
+                  "averaged over envs in the rows that join several (on the seeds finished on all of them); 0.5 is a "
+                  f"tie. Its stratified-bootstrap 95% interval needs {MIN_SEEDS_FOR_CI} seeds of both.", "",
+                  improvements_table(comparisons), ""]
+    if groups:
+        lines += ["## Across envs", "",
+                  "Scores normalised per env, 0 at a random policy's return and 1 at an expert's (the references "
+                  "file's [[normalization]]: " + "; ".join(f"{env} {n['random']:,.1f} to {n['expert']:,.1f} "
+                                                          f"({n['source']})" for env, n in normalization.items()
+                                                          if any(env in g["envs"] for g in groups)) +
+                  "); IQM over seeds and envs, on the seeds finished on every env. The performance profile gives "
+                  "the fraction of runs above each normalised score.", "",
+                  across_envs_table(groups), ""]
+        if summary_png is not None:
+            lines += [f"![summary across envs]({summary_png.name})", ""]
+    if efficiency:
+        lines += ["## Sample efficiency", "",
+                  "Environment steps until a run's evaluation return first reached the grid's target return on that "
+                  "env; a seed that never did counts as slower than every other in the IQM.", "",
+                  sample_efficiency_table(efficiency), ""]
     for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
         if env_id in BANDITS:
             lines += multimodal_section(grid, env_id)
@@ -259,12 +477,31 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
         lines += ["", "Not finished yet: " + "; ".join(not_run) + "."]
     markdown = grid.results / f"{grid.name}.md"
     markdown.write_text("\n".join(lines) + "\n")
-    write_json(grid.results / f"{grid.name}.json", {**info, "grid": str(grid.path), "rows": _jsonable(rows)})
+    write_json(grid.results / f"{grid.name}.json", {**info, "grid": str(grid.path), "rows": _jsonable(rows),
+                                                    "improvements": comparisons,
+                                                    "across_envs": [_jsonable_group(g) for g in groups],
+                                                    "sample_efficiency": _jsonable_efficiency(efficiency)})
     echo(f"wrote {markdown}")
     return markdown
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()},
+             "stochastic_scores": {str(seed): score for seed, score in row["stochastic_scores"].items()},
              "partial": {str(seed): {"step": step, "score": score} for seed, (step, score) in row["partial"].items()}}
             for row in rows]
+
+
+def _jsonable_group(group: dict[str, Any]) -> dict[str, Any]:
+    return {**group, "thresholds": group["thresholds"].tolist(),
+            "profiles": {algo: {"profile": profile.tolist(), "band": None if band is None else band.tolist()}
+                         for algo, (profile, band) in group["profiles"].items()}}
+
+
+def _jsonable_efficiency(efficiency: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # an unreached target is infinite: JSON has no infinity, so it is null there
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    return [{**e, "per_seed": {str(seed): finite(v) for seed, v in e["per_seed"].items()}, "iqm": finite(e["iqm"]),
+             "ci": [finite(v) for v in e["ci"]]} for e in efficiency]
