@@ -48,8 +48,8 @@ def plot_curves(env_id: str, panels: list[list[dict[str, Any]]], path: Path) -> 
 def plot_summary(groups: list[dict[str, Any]], path: Path) -> Path | None:
     """The summary across envs, one row per step budget: the IQM of normalised scores with its interval per
     algorithm (left), and the performance profile, the fraction of runs above each normalised score (right).
-    A group is {steps, envs, scale (what 0 and 1 mean), algos: [{algo, seeds, iqm, low, high, band}], thresholds,
-    profiles: {algo: (profile, band or None)}}."""
+    A group is {steps, envs, algos: [{algo, seeds, iqm, low, high, band}], thresholds, profiles: {algo: (profile,
+    band or None)}}."""
     from matplotlib.figure import Figure
 
     if not groups:
@@ -68,7 +68,7 @@ def plot_summary(groups: list[dict[str, Any]], path: Path) -> Path | None:
         bars.set_yticks(range(len(algos)),
                         [f"{entry['algo']} ({entry['seeds']} seeds, {entry['band']})" for entry in algos])
         bars.set(title=f"{group['steps']:,} steps on {envs}: IQM of normalised scores",
-                 xlabel=f"normalised score ({group['scale']})")
+                 xlabel="normalised score (0: a random policy's return, 1: an expert's)")
         bars.grid(alpha=0.3, axis="x")
         for algo, (profile, band) in group["profiles"].items():
             style = algo_style(algo)

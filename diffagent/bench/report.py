@@ -281,9 +281,7 @@ def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, A
         every_score = np.concatenate([matrix.ravel() for matrix in matrices.values()])
         thresholds = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 81)
         groups.append({"steps": budget, "envs": envs, "algos": entries, "thresholds": thresholds,
-                       "profiles": performance_profile(matrices, thresholds),
-                       "scale": "0: " + ", ".join(f"{normalization[env]['random']:,.0f}" for env in envs) + "; 1: "
-                                + ", ".join(f"{normalization[env]['expert']:,.0f}" for env in envs)})
+                       "profiles": performance_profile(matrices, thresholds)})
     return groups
 
 

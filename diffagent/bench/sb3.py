@@ -172,17 +172,18 @@ class _SB3Run:
                 train_env = VecNormalize(train_env, gamma=hyperparameters.get("gamma", 0.99))
             # a copy: SB3 writes into the dicts it gets (policy_kwargs), and config.json keeps what was asked for
             self.model = sb3_class("MlpPolicy", train_env, seed=seed, device="cpu", **copy.deepcopy(hyperparameters))
-            drop_records_after(run_dir / METRICS_FILE, 0)
-            return
-        if spec.normalize:
-            train_env = VecNormalize.load(str(checkpoint / NORMALIZATION_FILE), train_env)
-        # the runner's own checkpoint, written by this class: SB3 reads its zip and pickles as it wrote them
-        self.model = sb3_class.load(checkpoint / MODEL_FILE, env=train_env, device="cpu")
-        if not spec.on_policy:
-            self.model.load_replay_buffer(checkpoint / REPLAY_BUFFER_FILE)
-        progress = read_json(checkpoint / PROGRESS_FILE, str(checkpoint))
-        self.evaluations, self.earlier_time = progress["evaluations"], progress["train_time_s"]
+        else:
+            if spec.normalize:
+                train_env = VecNormalize.load(str(checkpoint / NORMALIZATION_FILE), train_env)
+            # the runner's own checkpoint, written by this class: SB3 reads its zip and pickles as it wrote them
+            self.model = sb3_class.load(checkpoint / MODEL_FILE, env=train_env, device="cpu")
+            if not spec.on_policy:
+                self.model.load_replay_buffer(checkpoint / REPLAY_BUFFER_FILE)
+            progress = read_json(checkpoint / PROGRESS_FILE, str(checkpoint))
+            self.evaluations, self.earlier_time = progress["evaluations"], progress["train_time_s"]
+        # the steps after the checkpoint (all of them for a new run) are trained again: their records go
         drop_records_after(run_dir / METRICS_FILE, self.model.num_timesteps)
+        self.last_record_step = self.model.num_timesteps
 
     @property
     def train_time(self) -> float:
@@ -220,7 +221,6 @@ class _SB3Run:
                     run.save_checkpoint(step)
                 return True
 
-        self.last_record_step = self.model.num_timesteps
         if steps > self.model.num_timesteps:
             self.model.learn(steps - self.model.num_timesteps, callback=Schedule(), reset_num_timesteps=False)
         step = self.model.num_timesteps
