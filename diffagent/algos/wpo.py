@@ -87,7 +87,7 @@ class WPO(SAC):
         self.policy_old = copy.deepcopy(policy).requires_grad_(False)
         self.log_kl_penalty = torch.tensor(np.log(config.kl_penalty_init), dtype=torch.float32, device=device,
                                            requires_grad=True)
-        self.kl_penalty_optimizer = torch.optim.Adam([self.log_kl_penalty], lr=config.kl_penalty_lr)
+        self.kl_penalty_optimizer = torch.optim.Adam([self.log_kl_penalty], lr=config.kl_penalty_lr, fused=True)
         self.kl = torch.zeros((), device=device)  # the KL of the last actor loss, for the dual step
 
     def update(self, batch: Batch) -> dict[str, float]:

@@ -18,6 +18,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from torch import nn
+
 from diffagent.errors import ConfigError, InputError
 from diffagent.policies.base import Policy
 from serve.runtime import session_options
@@ -26,8 +28,9 @@ OPSET = 17
 INPUTS, OUTPUT = ["obs", "noise"], "action"
 
 
-def trace_to_onnx(policy: Policy, example: tuple[torch.Tensor, torch.Tensor], **options: Any) -> onnx.ModelProto:
-    """The policy's forward(obs, noise) -> action as an ONNX graph, by the TorchScript exporter."""
+def trace_to_onnx(policy: nn.Module, example: tuple[torch.Tensor, torch.Tensor], **options: Any) -> onnx.ModelProto:
+    """A policy's forward(obs, noise) -> action (or its `SquashedAction`'s) as an ONNX graph, by the TorchScript
+    exporter."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice is for us, not the user
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
@@ -35,6 +38,17 @@ def trace_to_onnx(policy: Policy, example: tuple[torch.Tensor, torch.Tensor], **
         torch.onnx.export(policy, example, buffer, dynamo=False, opset_version=OPSET, input_names=INPUTS,
                           output_names=[OUTPUT], **options)
     return onnx.load_from_string(buffer.getvalue())
+
+
+class SquashedAction(nn.Module):
+    """A policy's action in [-1, 1] as a module's forward(obs, noise): what off-policy training stores."""
+
+    def __init__(self, policy: Policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.policy.squashed_action(obs, noise)
 
 
 class LiveOnnxPolicy:
@@ -48,14 +62,17 @@ class LiveOnnxPolicy:
     folding), and `bind` points those inputs at the tensors' memory: optimizer steps and statistics
     updates happen in place, so the session always acts with the current policy and nothing is
     exported again. CPU only; the batch is fixed, which lets onnxruntime fold shapes.
+    `squashed=True` runs `policy.squashed_action` instead: the action in [-1, 1], before the env's box,
+    which SAC and WPO act with and store.
     """
 
-    def __init__(self, policy: Policy, batch: int, threads: int = 1):
+    def __init__(self, policy: Policy, batch: int, threads: int = 1, squashed: bool = False):
         if policy.action_low.device.type != "cpu":
             raise ConfigError("LiveOnnxPolicy runs on CPU tensors; act with torch on other devices.")
         self.policy = policy
+        self.module: nn.Module = SquashedAction(policy) if squashed else policy  # the traced function; its tensors
         example = (torch.zeros(batch, policy.obs_dim), torch.zeros(policy.noise_shape(batch)))
-        model = trace_to_onnx(policy, example, export_params=False, do_constant_folding=False)
+        model = trace_to_onnx(self.module, example, export_params=False, do_constant_folding=False)
         self.session = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                             providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self.session.get_inputs() if i.name not in ("obs", "noise")]
@@ -74,7 +91,7 @@ class LiveOnnxPolicy:
         `load_state_dict(assign=True)`) leaves the session reading the old values until the next
         `bind`, never freed memory.
         """
-        tensors = {**dict(self.policy.named_parameters()), **dict(self.policy.named_buffers())}
+        tensors = {**dict(self.module.named_parameters()), **dict(self.module.named_buffers())}
         unknown = [name for name in self._inputs if name not in tensors]
         if unknown:
             raise RuntimeError(f"the exported chain takes inputs that are not tensors of the policy: {unknown}")

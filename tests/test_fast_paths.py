@@ -1,0 +1,87 @@
+"""Training's fast paths compute what the plain ones did, to float rounding (issue 15, docs/throughput.md).
+
+Each test runs the fast path and the computation it replaced on the same inputs: fused Adam against
+torch's per-parameter Adam, acting through onnxruntime against the eager torch policy.
+"""
+
+import pytest
+import torch
+
+from diffagent import Agent
+from diffagent.algos.replay import Batch
+
+pytestmark = pytest.mark.math
+
+TINY = {"policy_hidden_sizes": (32, 32), "critic_hidden_sizes": (32, 32), "learning_starts": 0}
+ALGOS = [("sac", {}), ("diffsac", {"diffusion_steps": 3}), ("wpo", {}), ("diffwpo", {"diffusion_steps": 3})]
+
+
+def _batch(n=64, obs_dim=3, act_dim=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return Batch(torch.randn(n, obs_dim, generator=g), torch.rand(n, act_dim, generator=g) * 2 - 1,
+                 torch.randn(n, generator=g), torch.randn(n, obs_dim, generator=g),
+                 (torch.rand(n, generator=g) < 0.2).float())
+
+
+def _trained_tensors(algorithm) -> dict[str, torch.Tensor]:
+    tensors = {f"policy.{k}": v for k, v in algorithm.policy.state_dict().items()}
+    tensors.update({f"critic.{k}": v for k, v in algorithm.critic.state_dict().items()})
+    tensors["log_alpha"] = algorithm.log_alpha.detach()
+    return tensors
+
+
+@pytest.mark.parametrize("algo, overrides", ALGOS)
+def test_updates_with_fused_adam_equal_updates_with_per_parameter_adam(algo, overrides):
+    """Three updates: losses, the parameters they leave and the optimizers' moments, against torch's default Adam."""
+    fused, plain = (Agent(algo, "Pendulum-v1", seed=0, **TINY, **overrides).algorithm for _ in range(2))
+    for name, optimizer in plain.components().items():
+        if isinstance(optimizer, torch.optim.Optimizer):  # the same Adam, stepped one parameter at a time
+            assert optimizer.defaults["fused"], name
+            setattr(plain, name, torch.optim.Adam(optimizer.param_groups[0]["params"], lr=optimizer.defaults["lr"],
+                                                  foreach=False))
+    for a, b in zip(_trained_tensors(fused).values(), _trained_tensors(plain).values()):
+        assert torch.equal(a, b)  # the same initial networks
+    for step in range(3):
+        batch = _batch(seed=step)
+        torch.manual_seed(step)
+        fused_metrics = fused.update(batch)
+        torch.manual_seed(step)
+        plain_metrics = plain.update(batch)
+        assert fused_metrics == pytest.approx(plain_metrics, rel=1e-4, abs=1e-6)
+    for name, value in _trained_tensors(fused).items():
+        torch.testing.assert_close(value, _trained_tensors(plain)[name], rtol=1e-5, atol=1e-6, msg=name)
+    for fused_param, plain_param in zip(fused.critic.parameters(), plain.critic.parameters()):
+        fused_state, plain_state = fused.critic_optimizer.state[fused_param], plain.critic_optimizer.state[plain_param]
+        for moment in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(fused_state[moment], plain_state[moment], rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("algo, overrides", ALGOS[:2])
+def test_acting_through_onnxruntime_equals_the_torch_policy_as_it_trains(algo, overrides):
+    """SAC's action at each env step (onnxruntime on a CPU) is the torch policy's squashed action for the same
+    noise, before and after updates change the policy in place, and after a checkpoint is loaded."""
+    sac = Agent(algo, "Pendulum-v1", seed=0, **TINY, **overrides).algorithm
+    obs = torch.randn(5, 3).numpy()
+
+    def check() -> None:
+        for row in obs:
+            torch.manual_seed(7)
+            action = sac.policy_action(row)
+            torch.manual_seed(7)
+            with torch.no_grad():
+                noise = torch.randn(sac.policy.noise_shape(1))
+                expected = sac.policy.squashed_action(torch.as_tensor(row)[None], noise)[0]
+            torch.testing.assert_close(torch.as_tensor(action), expected, rtol=1e-5, atol=1e-5)
+
+    check()
+    before = sac.policy_action(obs[0])
+    for step in range(3):
+        sac.update(_batch(seed=step))
+    check()
+    restored = Agent(algo, "Pendulum-v1", seed=1, **TINY, **overrides).algorithm
+    restored.policy_action(obs[0])  # its onnxruntime session exists before the checkpoint is loaded
+    restored.load_state_dict(sac.state_dict())
+    sac = restored
+    check()
+    assert abs(sac.policy_action(obs[0]) - before).max() > 0  # the updates did change the action
+
