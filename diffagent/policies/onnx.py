@@ -54,10 +54,10 @@ class SquashedAction(nn.Module):
 class LiveOnnxPolicy:
     """A policy's forward(obs, noise) run by onnxruntime on the policy's own parameter memory.
 
-    On-policy training acts once per env step on a batch of num_envs observations, and evaluation on
-    one: there torch's per-op dispatch dominates, as the chain is ~150 tiny ops at K = 8, and
+    On-policy training acts once per env step on a batch of num_envs observations, off-policy training
+    and evaluation on one: there torch's per-op dispatch dominates, as the chain is ~150 tiny ops at K = 8, and
     onnxruntime runs it several times faster than a torch.jit trace (benchmarks/acting_latency.py
-    measures both; benchmarks/ppo_throughput.py times the whole loop). The graph
+    measures both; benchmarks/throughput.py times the whole loop). The graph
     takes every parameter and buffer as an input (exported without parameters or constant
     folding), and `bind` points those inputs at the tensors' memory: optimizer steps and statistics
     updates happen in place, so the session always acts with the current policy and nothing is
