@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 
 from diffagent.agent import Agent
-from diffagent.bench import load_grid, load_hyperparameters, read_curve, run_grid, split_env_settings, write_report
+from diffagent.bench import (load_grid, load_hyperparameters, read_curve, run_grid, run_grid_on_ray,
+                             split_env_settings, write_report)
 from diffagent.bench.sb3 import SB3_ALGORITHMS, parse_sb3_overrides, train_sb3
 from diffagent.config import ALGORITHMS, make_config, parse_overrides
 from diffagent.envs import import_packages, parse_env_kwargs, split_env_id
@@ -197,19 +198,30 @@ def bench() -> None:
 
 @bench.command("run")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--jobs", "parallel", default=None, type=int, help="Runs at a time, one thread each [default: cores].")
+@click.option("--jobs", "parallel", default=None, type=int,
+              help="Runs at a time, one thread each [default: cores; with Ray, as many as its CPUs take].")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs train: processes on this machine, or Ray tasks of one CPU each on a cluster "
+                   "(pip install 'diffagent[ray]'; every machine sees the run directories at the same path).")
+@click.option("--address", default=None, metavar="HOST:PORT",
+              help="The Ray cluster (what `ray start --head` printed) [default: RAY_ADDRESS, else Ray started here].")
 @click.option("--archive", type=click.Path(file_okay=False), default=None,
               help="Archive finished runs here instead of the grid's `archive` (e.g. the checkout that commits them).")
 @click.option("--dry-run", is_flag=True, help="Print what would run and exit.")
 @friendly_errors
-def bench_run(grid_file, parallel, archive, dry_run):
+def bench_run(grid_file, parallel, backend, address, archive, dry_run):
     """Train every unfinished run of GRID_FILE; a killed grid picks up where it stopped."""
+    if address is not None and backend != "ray":
+        raise click.UsageError("--address names a Ray cluster: add --backend ray")
     grid = load_grid(grid_file, archive=archive)
     if dry_run:
         for job in grid.jobs:
             click.echo(f"{job.status():6s} {shlex.join(job.process_command())}")
         return
-    outcome = run_grid(grid, parallel, echo=click.echo)
+    if backend == "ray":
+        outcome = run_grid_on_ray(grid, address, parallel, echo=click.echo)
+    else:
+        outcome = run_grid(grid, parallel, echo=click.echo)
     click.echo(", ".join(f"{len(names)} {kind}" for kind, names in outcome.items()))
     if outcome["failed"]:
         raise click.ClickException(f"{len(outcome['failed'])} runs failed; their train.log says why")
