@@ -1,14 +1,16 @@
 """Training's fast paths compute what the plain ones did, to float rounding (issue 15, docs/throughput.md).
 
 Each test runs the fast path and the computation it replaced on the same inputs: fused Adam against
-torch's per-parameter Adam, acting through onnxruntime against the eager torch policy.
+torch's per-parameter Adam, acting through onnxruntime against the eager torch policy, the replay
+buffer's rows against a tensor per field.
 """
 
+import numpy as np
 import pytest
 import torch
 
 from diffagent import Agent
-from diffagent.algos.replay import Batch
+from diffagent.algos.replay import Batch, ReplayBuffer
 
 pytestmark = pytest.mark.math
 
@@ -85,3 +87,43 @@ def test_acting_through_onnxruntime_equals_the_torch_policy_as_it_trains(algo, o
     check()
     assert abs(sac.policy_action(obs[0]) - before).max() > 0  # the updates did change the action
 
+
+
+class _PerFieldBuffer:
+    """The replay buffer as it was: a tensor per field, written and gathered field by field."""
+
+    def __init__(self, capacity, obs_dim, act_dim):
+        self.capacity, self.pos, self.size = capacity, 0, 0
+        self.obs, self.next_obs = torch.zeros(capacity, obs_dim), torch.zeros(capacity, obs_dim)
+        self.actions, self.rewards, self.terminated = torch.zeros(capacity, act_dim), torch.zeros(capacity), \
+            torch.zeros(capacity)
+
+    def add(self, obs, action, reward, next_obs, terminated):
+        i = self.pos
+        self.obs[i] = torch.from_numpy(np.asarray(obs, dtype=np.float32))
+        self.next_obs[i] = torch.from_numpy(np.asarray(next_obs, dtype=np.float32))
+        self.actions[i] = torch.from_numpy(np.asarray(action, dtype=np.float32))
+        self.rewards[i], self.terminated[i] = float(reward), float(terminated)
+        self.pos, self.size = (self.pos + 1) % self.capacity, min(self.size + 1, self.capacity)
+
+    def sample(self, batch_size, generator):
+        idx = torch.randint(0, self.size, (batch_size,), generator=generator)
+        return Batch(*(t[idx] for t in (self.obs, self.actions, self.rewards, self.next_obs, self.terminated)))
+
+
+def test_replay_rows_store_and_sample_what_a_tensor_per_field_did():
+    rng = np.random.default_rng(0)
+    rows, fields = ReplayBuffer(50, 4, 2), _PerFieldBuffer(50, 4, 2)
+    for _ in range(70):  # past the capacity: the ring wraps
+        transition = (rng.normal(size=4), rng.uniform(-1, 1, 2).astype(np.float32), float(rng.normal()),
+                      rng.normal(size=4), bool(rng.random() < 0.1))
+        rows.add(*transition)
+        fields.add(*transition)
+    assert (rows.pos, rows.size) == (fields.pos, fields.size)
+    for got, expected in zip(rows.sample(32, torch.Generator().manual_seed(1)),
+                             fields.sample(32, torch.Generator().manual_seed(1))):
+        assert torch.equal(got, expected)
+    restored = ReplayBuffer(50, 4, 2)
+    restored.load_state_dict(rows.state_dict())
+    for name in Batch._fields:
+        assert torch.equal(getattr(restored, name), getattr(fields, name)), name

@@ -19,36 +19,38 @@ class Batch(NamedTuple):
 
 
 class ReplayBuffer:
-    """A ring buffer of transitions in preallocated tensors; `state_dict` makes it resumable."""
+    """A ring buffer of transitions in one preallocated tensor; `state_dict` makes it resumable.
+
+    A transition is one row, obs | action | reward | next_obs | terminated side by side, so storing it is
+    one copy and sampling a batch is one gather of whole rows: per-field tensors cost five of each, and
+    a sampled row then misses the cache once per field. `obs`, `actions`, ... are views of the columns.
+    """
 
     def __init__(self, capacity: int, obs_dim: int, act_dim: int, device: torch.device | str = "cpu"):
         self.capacity, self.device = capacity, torch.device(device)
+        self.widths = [obs_dim, act_dim, 1, obs_dim, 1]  # the columns of Batch's fields, in its order
         try:
-            self.obs = torch.zeros(capacity, obs_dim)
-            self.next_obs = torch.zeros(capacity, obs_dim)
-            self.actions = torch.zeros(capacity, act_dim)
-            self.rewards = torch.zeros(capacity)
-            self.terminated = torch.zeros(capacity)
+            self.storage = torch.zeros(capacity, sum(self.widths))
         except RuntimeError:  # torch's allocator says only "can't allocate memory"
-            gigabytes = capacity * (2 * obs_dim + act_dim + 2) * 4 / 2**30
+            gigabytes = capacity * sum(self.widths) * 4 / 2**30
             raise ConfigError(f"a replay buffer of buffer_size={capacity:,} transitions needs {gigabytes:.1f} GiB, "
                               "more than this machine can allocate; lower buffer_size") from None
+        self.obs, self.actions, self.rewards, self.next_obs, self.terminated = self._fields(self.storage)
         self.pos, self.size = 0, 0
 
+    def _fields(self, rows: torch.Tensor) -> Batch:
+        obs, actions, rewards, next_obs, terminated = rows.split(self.widths, dim=1)
+        return Batch(obs, actions, rewards.squeeze(1), next_obs, terminated.squeeze(1))
+
     def add(self, obs: np.ndarray, action: np.ndarray, reward: float, next_obs: np.ndarray, terminated: bool) -> None:
-        i = self.pos
-        self.obs[i] = torch.from_numpy(np.asarray(obs, dtype=np.float32))
-        self.next_obs[i] = torch.from_numpy(np.asarray(next_obs, dtype=np.float32))
-        self.actions[i] = torch.from_numpy(np.asarray(action, dtype=np.float32))
-        self.rewards[i] = float(reward)
-        self.terminated[i] = float(terminated)
+        row = np.concatenate([np.ravel(obs), np.ravel(action), [reward], np.ravel(next_obs), [terminated]])
+        self.storage[self.pos] = torch.from_numpy(row.astype(np.float32))
         self.pos = (self.pos + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         idx = torch.randint(0, self.size, (batch_size,), generator=generator)
-        return Batch(*(t[idx].to(self.device) for t in (self.obs, self.actions, self.rewards, self.next_obs,
-                                                        self.terminated)))
+        return self._fields(self.storage[idx].to(self.device))
 
     def state_dict(self) -> dict:
         n = self.size
