@@ -6,12 +6,12 @@ fills the buffer) and of `acts` environment steps, one thread. Ops are summed in
 bookkeeping, and in "act + env step" the env's step, which is also timed alone). Acting leaves out
 DiffSAC's entropy-gap refresh (every 1,000 steps, about four updates' work).
 
-`--compile` also times the update with torch.compile'd chain sampling and critics (inductor, its RNG
-falling back to torch's so the math is the same) against the eager one, in alternating blocks of
-updates, per second of CPU time, and the compilation, which inductor's on-disk cache shortens on a
-second run.
+Comparisons, in alternating blocks of updates, per second of CPU time: `--target` times the update
+with its TD target computed by torch against onnxruntime (SAC.td_target); `--compile` with
+torch.compile'd chain sampling and critics (inductor, its RNG falling back to torch's so the math is
+the same) against eager, and the compilation, which inductor's on-disk cache shortens on a second run.
 
-    python benchmarks/update_profile.py --env Hopper-v4 --algos sac,diffsac --k 8
+    python benchmarks/update_profile.py --env Hopper-v4 --algos sac,diffsac --k 8 --target
     python benchmarks/update_profile.py --algos diffsac --compile
 """
 
@@ -23,12 +23,11 @@ import statistics
 import time
 import warnings
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from common import markdown_table, write_results
+from torch.profiler import ProfilerActivity, profile
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
@@ -79,6 +78,24 @@ def profile_ms(run: Callable[[], None], repeats: int) -> dict[str, float]:
             "Python and dispatch": profiled - ops}
 
 
+def alternating_cpu_ms(sac, batches: list, blocks: int, variants: dict[str, Callable[[], None]]) -> dict[str, float]:
+    """Median CPU milliseconds per update under each variant (a function that puts it in place), the variants'
+    blocks of updates alternating, so the machine's load hits them alike; then the first variant is restored."""
+    cpu_ms: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(blocks):
+        for name, put_in_place in variants.items():
+            put_in_place()
+            start = time.process_time()
+            for batch in batches:
+                sac.update(batch)
+            cpu_ms[name].append((time.process_time() - start) * 1e3 / len(batches))
+    next(iter(variants.values()))()
+    medians = {f"{name}_cpu_ms": statistics.median(times) for name, times in cpu_ms.items()}
+    first, *others = medians.values()
+    return {**medians, **{f"x_{name}": first / value for name, value in zip(list(variants)[1:], others)},
+            "blocks": cpu_ms}
+
+
 def compiled_vs_eager(sac, batches: list, blocks: int) -> dict[str, float]:
     """CPU milliseconds per update, eager and with torch.compile'd `policy.sample` and critic forward."""
     import torch._inductor.config
@@ -87,30 +104,59 @@ def compiled_vs_eager(sac, batches: list, blocks: int) -> dict[str, float]:
     eager = {"sample": sac.policy.sample, "critic": sac.critic.forward}
     compiled = {name: torch.compile(function, dynamic=False) for name, function in eager.items()}
 
-    def use(functions: dict) -> None:
-        sac.policy.sample, sac.critic.forward = functions["sample"], functions["critic"]
+    def use(functions: dict) -> Callable[[], None]:
+        def put_in_place() -> None:
+            sac.policy.sample, sac.critic.forward = functions["sample"], functions["critic"]
+        return put_in_place
 
     start = time.perf_counter()
-    use(compiled)
+    use(compiled)()
     for batch in batches[:2]:  # the first calls compile (the critic twice: with and without parameter gradients)
         sac.update(batch)
     compile_s = time.perf_counter() - start
-    cpu_ms: dict[str, list[float]] = {"eager": [], "compiled": []}
-    for _ in range(blocks):
-        for name, functions in (("eager", eager), ("compiled", compiled)):
-            use(functions)
-            start = time.process_time()
-            for batch in batches:
-                sac.update(batch)
-            cpu_ms[name].append((time.process_time() - start) * 1e3 / len(batches))
-    use(eager)
-    eager_ms, compiled_ms = statistics.median(cpu_ms["eager"]), statistics.median(cpu_ms["compiled"])
-    return {"compile_s": compile_s, "eager_cpu_ms": eager_ms, "compiled_cpu_ms": compiled_ms,
-            "x_eager": eager_ms / compiled_ms, "blocks": cpu_ms}
+    return {"compile_s": compile_s, **alternating_cpu_ms(sac, batches, blocks, {"eager": use(eager),
+                                                                                "compiled": use(compiled)})}
+
+
+def td_target_backends(sac, batches: list, blocks: int) -> dict[str, float]:
+    """CPU milliseconds per update with the TD target in onnxruntime (SAC.td_target on a CPU) and in torch."""
+    onnxruntime_target = sac.td_target
+
+    def torch_target(batch, noise, alpha):
+        return sac.soft_target(batch.next_obs, noise, batch.rewards, batch.terminated, alpha)
+
+    return alternating_cpu_ms(sac, batches, blocks, {
+        "torch_target": lambda: setattr(sac, "td_target", torch_target),
+        "onnxruntime_target": lambda: setattr(sac, "td_target", onnxruntime_target)})
+
+
+def profile_algorithm(algo: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """One algorithm's update, buffer sample, act + env step and env step alone, after a random warm-up."""
+    from diffagent import Agent
+
+    overrides = {"diffusion_steps": args.k} if algo.startswith("diff") else {}
+    agent = Agent(algo, args.env, learning_starts=1000, **overrides)
+    agent.learn(1001, eval_every=0, progress=False)  # fills the buffer with random steps, then one update
+    sac = agent.algorithm
+    batch_size = sac.config.batch_size
+    parts = {"update (with its buffer sample)":
+             profile_ms(lambda: sac.update(sac.buffer.sample(batch_size, sac.sampler)), args.updates),
+             "buffer sample": {"wall": wall_ms(lambda: sac.buffer.sample(batch_size, sac.sampler), args.updates)}}
+    batches = [sac.buffer.sample(batch_size, sac.sampler) for _ in range(10)]
+    for flag, part, compare in (("target", "TD target backend", td_target_backends),
+                                ("compile", "torch.compile", compiled_vs_eager)):
+        if getattr(args, flag):
+            parts[part] = compare(sac, batches, args.blocks)
+            print(algo, part, {k: v for k, v in parts[part].items() if k != "blocks"}, flush=True)
+    sac.config.gradient_steps = 0  # train_iteration now acts with the policy and steps the env, nothing else
+    sac.config.calibrate_entropy = False
+    parts["act + env step"] = profile_ms(sac.train_iteration, args.acts)
+    action = sac.env.action_space.sample()
+    parts["env step alone"] = {"wall": wall_ms(lambda: sac.env.step(action), args.acts)}
+    return parts
 
 
 def main() -> None:
-    from diffagent import Agent
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="Hopper-v4")
@@ -118,8 +164,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8, help="denoising steps of DiffSAC")
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--acts", type=int, default=500)
+    parser.add_argument("--target", action="store_true", help="also time the TD target in torch against onnxruntime")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
-    parser.add_argument("--blocks", type=int, default=12, help="--compile: alternating blocks of 10 updates")
+    parser.add_argument("--blocks", type=int, default=12, help="--target, --compile: alternating blocks of 10 "
+                                                               "updates")
     parser.add_argument("--out", default="benchmarks/results/update_profile.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -127,32 +175,14 @@ def main() -> None:
     results = {}
     load_before = os.getloadavg()
     for algo in args.algos.split(","):
-        overrides = {"diffusion_steps": args.k} if algo.startswith("diff") else {}
-        agent = Agent(algo, args.env, learning_starts=1000, **overrides)
-        agent.learn(1001, eval_every=0, progress=False)  # fills the buffer with random steps, then one update
-        sac = agent.algorithm
-        batch_size = sac.config.batch_size
-        name = f"{algo} K={args.k}" if algo.startswith("diff") else algo
-        results[name] = {"update (with its buffer sample)":
-                         profile_ms(lambda: sac.update(sac.buffer.sample(batch_size, sac.sampler)), args.updates),
-                         "buffer sample": {"wall": wall_ms(lambda: sac.buffer.sample(batch_size, sac.sampler),
-                                                           args.updates)}}
-        if args.compile:
-            batches = [sac.buffer.sample(batch_size, sac.sampler) for _ in range(10)]
-            results[name]["torch.compile"] = compiled_vs_eager(sac, batches, args.blocks)
-            print(name, {k: v for k, v in results[name]["torch.compile"].items() if k != "blocks"}, flush=True)
-        sac.config.gradient_steps = 0  # train_iteration now acts with the policy and steps the env, nothing else
-        sac.config.calibrate_entropy = False
-        results[name]["act + env step"] = profile_ms(sac.train_iteration, args.acts)
-        action = sac.env.action_space.sample()
-        results[name]["env step alone"] = {"wall": wall_ms(lambda: sac.env.step(action), args.acts)}
+        results[f"{algo} K={args.k}" if algo.startswith("diff") else algo] = profile_algorithm(algo, args)
     print(f"\n{args.env}, one thread, load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}\n")
     rows = []
     for name, parts in results.items():
         for part, classes in parts.items():
-            if part == "torch.compile":
+            if "wall" not in classes:  # a comparison, printed above
                 continue
-            rows.append({"algorithm": name, "part": part, **{k: v for k, v in classes.items()}})
+            rows.append({"algorithm": name, "part": part, **classes})
     columns = ["algorithm", "part", "wall"] + sorted({k for r in rows for k in r} - {"algorithm", "part", "wall"})
     for row in rows:
         for c in columns:

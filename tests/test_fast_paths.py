@@ -1,8 +1,8 @@
 """Training's fast paths compute what the plain ones did, to float rounding (issue 15, docs/throughput.md).
 
 Each test runs the fast path and the computation it replaced on the same inputs: fused Adam against
-torch's per-parameter Adam, acting through onnxruntime against the eager torch policy, the replay
-buffer's rows against a tensor per field.
+torch's per-parameter Adam, acting and the TD target through onnxruntime against the eager torch
+modules, the replay buffer's rows against a tensor per field.
 """
 
 import numpy as np
@@ -87,6 +87,29 @@ def test_acting_through_onnxruntime_equals_the_torch_policy_as_it_trains(algo, o
     check()
     assert abs(sac.policy_action(obs[0]) - before).max() > 0  # the updates did change the action
 
+
+
+
+@pytest.mark.parametrize("algo, overrides", ALGOS)
+def test_the_td_target_through_onnxruntime_equals_torch_as_the_networks_train(algo, overrides):
+    """The target every update regresses on (onnxruntime on a CPU) against the eager SoftTarget, the chains
+    driven by the same noise: at the first update, after updates have moved the policy and the target
+    critics in place, and at another batch size."""
+    sac = Agent(algo, "Pendulum-v1", seed=0, **TINY, **overrides).algorithm
+
+    def check(batch: Batch) -> None:
+        noise = torch.randn(sac.policy.noise_shape(len(batch.rewards)))
+        with torch.no_grad():
+            expected = sac.soft_target(batch.next_obs, noise, batch.rewards, batch.terminated, sac.alpha)
+        torch.testing.assert_close(sac.td_target(batch, noise, sac.alpha), expected, rtol=1e-5, atol=1e-5)
+
+    check(_batch(seed=10))
+    first = sac.td_target(_batch(seed=10), torch.zeros(sac.policy.noise_shape(64)), sac.alpha)
+    for step in range(3):
+        sac.update(_batch(seed=step))
+    check(_batch(seed=10))
+    assert (sac.td_target(_batch(seed=10), torch.zeros(sac.policy.noise_shape(64)), sac.alpha) - first).abs().max() > 0
+    check(_batch(n=17, seed=11))
 
 
 class _PerFieldBuffer:
