@@ -6,6 +6,7 @@ and the importance-weighted upper bound with N backward paths (tighter as N grow
 dimension, with the gap between the estimate and the lower bound. docs/algorithms.md, "The entropy target", quotes it.
 
     python benchmarks/entropy_gap.py --states 32 --samples 16 --paths 16,64,256,1024
+    python benchmarks/entropy_gap.py --models run:RUN_DIR --paths 64,1024 --out OUT.json   # a run's checkpoint
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ def main() -> None:
     for model in args.models.split(","):
         if model.startswith("untrained:"):
             agent = Agent("diffsac", model.split(":", 1)[1])
+        elif model.startswith("run:"):  # a run directory's latest checkpoint, e.g. a grid's run stopped midway
+            agent = Agent.resume(model.split(":", 1)[1])
         else:
             agent = Agent.from_pretrained(model)
         obs = visited_states(agent, args.states)
