@@ -33,8 +33,33 @@ def hub(tmp_path, monkeypatch):
                         "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
                         "HF_HUB_OFFLINE": False}.items():
         monkeypatch.setattr(constants, name, value)
+    # Older huggingface_hub releases (the 0.34 floor, .ci/min-versions) hold two more copies fixed at import: a
+    # URL template of their own in file_download (before 1.0), and the card validator's huggingface.co address
+    # (before 2.2, whatever HF_ENDPOINT says): point both at the local Hub as well.
+    from huggingface_hub import file_download, repocard
+
+    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", constants.HUGGINGFACE_CO_URL_TEMPLATE,
+                        raising=False)
+    monkeypatch.setattr(repocard, "get_session", _RedirectedSession.factory(repocard.get_session, server.url))
     yield server
     server.stop()
+
+
+class _RedirectedSession:
+    """huggingface_hub's HTTP session, with requests to https://huggingface.co sent to the local Hub instead."""
+
+    def __init__(self, session, url: str):
+        self._session, self._url = session, url
+
+    @classmethod
+    def factory(cls, get_session, url: str):
+        return lambda: cls(get_session(), url)
+
+    def post(self, url: str, *args, **kwargs):
+        return self._session.post(url.replace("https://huggingface.co", self._url, 1), *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
 
 
 TIERS = ("math", "learning", "artifacts", "serve")

@@ -316,7 +316,9 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._send_json({"url": f"{hub.url}/{repo_id}", "name": repo_id})
 
         def _validate_yaml(self, body: bytes) -> None:
-            content = json.loads(body)["content"]
+            # JSON, or a form as huggingface_hub sent it before 1.0 (the Hub takes both)
+            form = self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded")
+            content = parse_qs(body.decode())["content"][-1] if form else json.loads(body)["content"]
             errors = []
             if content.startswith("---\n"):
                 front, sep, _ = content[4:].partition("\n---")

@@ -94,13 +94,20 @@ def test_a_repo_with_a_corrupted_or_missing_file_is_a_clear_error(hub, tmp_path,
     assert str(info.value).startswith("org/broken on the Hub:") and "push the agent again" in str(info.value)
 
 
-def test_not_cached_while_offline_or_unreachable_is_a_clear_error(hub, monkeypatch):
-    from huggingface_hub import constants
+def set_offline(monkeypatch, offline: bool) -> None:
+    """HF_HUB_OFFLINE in this process, as if set at its start."""
+    from huggingface_hub import constants, utils
 
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    if hasattr(utils, "reset_sessions"):  # before huggingface_hub 1.0 a session keeps the mode it was made in
+        utils.reset_sessions()
+
+
+def test_not_cached_while_offline_or_unreachable_is_a_clear_error(hub, monkeypatch):
+    set_offline(monkeypatch, True)
     with pytest.raises(ArtifactError, match="not .* in the local Hub cache .* HF_HUB_OFFLINE=1"):
         Agent.from_pretrained("org/never-downloaded")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    set_offline(monkeypatch, False)
     hub.stop()
     with pytest.raises(ArtifactError, match="cannot reach the Hub at http://127.0.0.1"):
         Agent.from_pretrained("org/never-downloaded")
