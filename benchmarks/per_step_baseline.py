@@ -76,9 +76,9 @@ def train(per_step_baseline: bool, env_id: str, steps: int, seed: int, eval_ever
     elapsed = time.perf_counter() - start
     curve = [(e["step"], e["mean"]) for e in agent.results()["evaluations"]]
     print(f"per_step_baseline={per_step_baseline} seed {seed}: final return {curve[-1][1]:.1f}, "
-          f"{agent.num_steps / elapsed:.0f} steps/s", flush=True)
+          f"{agent.num_timesteps / elapsed:.0f} steps/s", flush=True)
     return {"per_step_baseline": per_step_baseline, "seed": seed, "final_return": curve[-1][1], "curve": curve,
-            "steps_per_s": agent.num_steps / elapsed}
+            "steps_per_s": agent.num_timesteps / elapsed}
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def diffagent_ppo(algo: str, env_id: str, steps: int, **overrides) -> dict[str, 
     agent = Agent(algo, env_id, num_envs=1, rollout_steps=2048, **overrides)
     timer = Timer()
     timer.start()
-    return timer.rates(agent.learn(steps, eval_every=0, progress=False).num_steps)
+    return timer.rates(agent.learn(steps, eval_every=0, progress=False).num_timesteps)
 
 
 def sb3_ppo(env_id: str, steps: int) -> dict[str, float]:

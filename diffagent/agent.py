@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -168,9 +169,17 @@ class Agent:
         return self._algorithm
 
     @property
+    def num_timesteps(self) -> int:
+        """Environment steps trained so far (Stable-Baselines3's name). Not `policy.num_steps`, the chain's K."""
+        return self._algorithm.num_timesteps if self._algorithm is not None else 0
+
+    @property
     def num_steps(self) -> int:
-        """Environment steps trained so far."""
-        return self._algorithm.num_steps if self._algorithm is not None else 0
+        """Deprecated: `num_timesteps`. The name meant K, the chain's length, elsewhere (policies, ONNX metadata)."""
+        warnings.warn("Agent.num_steps is deprecated; use Agent.num_timesteps (environment steps trained). "
+                      "num_steps names K, the chain's length, in policies and ONNX metadata.", DeprecationWarning,
+                      stacklevel=2)
+        return self.num_timesteps
 
     @property
     def temperature(self) -> float | None:
@@ -308,17 +317,17 @@ class Agent:
         """
         from tqdm.auto import tqdm
 
-        state = self.progress or LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
+        state = self.progress or LearnProgress(total_steps=self.num_timesteps, **LEARN_DEFAULTS)
         if steps is None:
-            if self.progress is None or state.total_steps <= self.num_steps:
+            if self.progress is None or state.total_steps <= self.num_timesteps:
                 raise ConfigError("learn() needs a number of steps: nothing is left of a resumed run's budget "
-                                  f"({state.total_steps:,} steps, {self.num_steps:,} trained)")
-            steps = state.total_steps - self.num_steps
+                                  f"({state.total_steps:,} steps, {self.num_timesteps:,} trained)")
+            steps = state.total_steps - self.num_timesteps
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
             raise ConfigError(f"steps must be a positive integer, got {steps!r}")
         state.set_schedules(eval_every=eval_every, eval_episodes=eval_episodes, checkpoint_every=checkpoint_every,
                             log_every=log_every)
-        state.total_steps = self.num_steps + int(steps)
+        state.total_steps = self.num_timesteps + int(steps)
         state.tensorboard = state.tensorboard if tensorboard is None else bool(tensorboard)
         self.progress = state
         run_path = self._claim_run_dir(Path(run_dir)) if run_dir is not None else self._run_dir
@@ -332,12 +341,12 @@ class Agent:
             algorithm.total_steps = state.total_steps
             if run_path is not None:
                 if self._trim_metrics:  # a resumed run: those steps are trained again (under the lock, once)
-                    drop_records_after(run_path / METRICS_FILE, self.num_steps)
+                    drop_records_after(run_path / METRICS_FILE, self.num_timesteps)
                     self._trim_metrics = False
                 if not has_checkpoint(run_path):  # from the first step on, a killed run can be resumed
                     self.save_checkpoint(run_path)
             self._train_loop(algorithm, state, run_path, callbacks, tqdm(
-                total=state.total_steps, initial=algorithm.num_steps, unit="step", dynamic_ncols=True,
+                total=state.total_steps, initial=algorithm.num_timesteps, unit="step", dynamic_ncols=True,
                 disable=None if progress is None else not progress))
             if run_path is not None:
                 self.save_checkpoint(run_path)
@@ -358,15 +367,15 @@ class Agent:
                     bar: Any) -> None:
         """Train until the budget or a callback's stop: a metrics record every log_every steps, evaluations and
         checkpoints on schedule."""
-        window = _MetricsWindow(algorithm.num_steps)
+        window = _MetricsWindow(algorithm.num_timesteps)
         start = time.perf_counter()
         callbacks.on_training_start(self)
         try:
             keep_going = True
-            while keep_going and algorithm.num_steps < state.total_steps:
-                before = algorithm.num_steps
+            while keep_going and algorithm.num_timesteps < state.total_steps:
+                before = algorithm.num_timesteps
                 window.add(algorithm.train_iteration())
-                step = algorithm.num_steps
+                step = algorithm.num_timesteps
                 bar.update(step - before)
                 finished = step >= state.total_steps
                 evaluate_now = state.eval_every and (_crossed(before, step, state.eval_every) or finished)
@@ -390,7 +399,7 @@ class Agent:
                     start = time.perf_counter()
                     self.save_checkpoint(run_path)
             if not keep_going:  # a callback stopped the run: it is finished at the steps it trained
-                state.total_steps = algorithm.num_steps
+                state.total_steps = algorithm.num_timesteps
         finally:
             bar.close()
             state.train_time += time.perf_counter() - start
@@ -424,7 +433,7 @@ class Agent:
     def results(self) -> dict[str, Any]:
         """Training summary for results.json and the model card."""
         state = self.progress
-        return {"algo": self.algo, "env_id": self.env_id, "total_steps": self.num_steps,
+        return {"algo": self.algo, "env_id": self.env_id, "total_steps": self.num_timesteps,
                 "train_time_s": state.train_time if state else 0.0,
                 "evaluations": state.evaluations if state else [],
                 "final_eval": state.evaluations[-1] if state and state.evaluations else None,
@@ -491,9 +500,9 @@ class Agent:
     # --- checkpoints ---------------------------------------------------------------------------------
     def save_checkpoint(self, run_dir: str | Path) -> Path:
         """Write everything needed to resume training to run_dir/checkpoints/ (atomically)."""
-        progress = self.progress or LearnProgress(total_steps=self.num_steps, **LEARN_DEFAULTS)
+        progress = self.progress or LearnProgress(total_steps=self.num_timesteps, **LEARN_DEFAULTS)
         state = {"meta": self._meta(), "algorithm": self.algorithm.state_dict(), "progress": progress.__dict__}
-        return save_checkpoint(run_dir, self.num_steps, state)
+        return save_checkpoint(run_dir, self.num_timesteps, state)
 
     @classmethod
     def resume(cls, run_dir: str | Path, env: EnvSource | None = None, *,
@@ -535,13 +544,13 @@ class _MetricsWindow:
     def record(self, algorithm: Algorithm) -> dict[str, Any]:
         """The record at the algorithm's step: speed, episodes, the window's means and the recent training return."""
         now = time.perf_counter()
-        record = {"step": algorithm.num_steps,
-                  "steps_per_second": (algorithm.num_steps - self.step) / max(now - self.time, 1e-9),
+        record = {"step": algorithm.num_timesteps,
+                  "steps_per_second": (algorithm.num_timesteps - self.step) / max(now - self.time, 1e-9),
                   "episodes": algorithm.num_episodes, **{k: float(np.mean(v)) for k, v in self.values.items()}}
         if algorithm.recent_returns:
             record["train_return"] = float(np.mean(algorithm.recent_returns))
         self.values.clear()
-        self.step, self.time = algorithm.num_steps, now
+        self.step, self.time = algorithm.num_timesteps, now
         return record
 
 

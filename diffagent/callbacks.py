@@ -88,11 +88,11 @@ class _Periodic(Callback):
         self._last = 0
 
     def on_training_start(self, agent: Any) -> None:
-        self._last = agent.num_steps
+        self._last = agent.num_timesteps
 
     def due(self, agent: Any) -> bool:
-        due = agent.num_steps // self.every > self._last // self.every
-        self._last = agent.num_steps
+        due = agent.num_timesteps // self.every > self._last // self.every
+        self._last = agent.num_timesteps
         return due
 
 
@@ -107,7 +107,7 @@ class CheckpointCallback(_Periodic):
 
     def on_step(self, agent: Any) -> bool:
         if self.due(agent):
-            agent.save_pretrained(self.save_path / f"{self.name_prefix}_{agent.num_steps}_steps")
+            agent.save_pretrained(self.save_path / f"{self.name_prefix}_{agent.num_timesteps}_steps")
         return True
 
 
@@ -159,7 +159,7 @@ class EvalCallback(_Periodic):
         if not self.due(agent):
             return True
         result = agent.evaluate(self.n_eval_episodes, deterministic=self.deterministic)
-        self.results.append((agent.num_steps, result))
+        self.results.append((agent.num_timesteps, result))
         keep_going = True
         if result.mean > self.best_mean_reward:
             self.best_mean_reward = result.mean
@@ -196,7 +196,7 @@ class TensorBoardCallback(Callback):
         self.writer = None
 
     def on_training_start(self, agent: Any) -> None:
-        self.writer = self._writer_class(str(self.log_dir), purge_step=agent.num_steps + 1)
+        self.writer = self._writer_class(str(self.log_dir), purge_step=agent.num_timesteps + 1)
 
     def on_log(self, agent: Any, record: dict[str, Any]) -> None:
         step = record["step"]

@@ -160,12 +160,12 @@ def resume(run_dir, steps, device, threads):
     _set_threads(threads)
     agent = Agent.resume(run_dir, device=device)
     total = steps or agent.budget
-    if total <= agent.num_steps:
-        click.echo(f"{run_dir} has trained {agent.num_steps:,} of {total:,} steps: nothing to do "
+    if total <= agent.num_timesteps:
+        click.echo(f"{run_dir} has trained {agent.num_timesteps:,} of {total:,} steps: nothing to do "
                    "(pass --steps with a larger budget to extend it)")
         return
-    click.echo(f"resuming {agent.algo} on {agent.env_id} at step {agent.num_steps} of {total}")
-    agent.learn(total - agent.num_steps)  # in the run directory it was resumed from, on its own schedules
+    click.echo(f"resuming {agent.algo} on {agent.env_id} at step {agent.num_timesteps} of {total}")
+    agent.learn(total - agent.num_timesteps)  # in the run directory it was resumed from, on its own schedules
     _report(agent, Path(run_dir))
 
 
@@ -421,7 +421,7 @@ def serve_command(args):
 def _report(agent: Agent, out: Path) -> None:
     final = agent.results()["final_eval"]
     if final:
-        click.echo(f"done: {agent.num_steps} steps, eval return {final['mean']:.2f} +/- {final['std']:.2f}; "
+        click.echo(f"done: {agent.num_timesteps} steps, eval return {final['mean']:.2f} +/- {final['std']:.2f}; "
                    f"saved to {out}")
 
 

@@ -1,6 +1,7 @@
 """Round trips and bad input: save -> load -> same actions, clear errors, atomic checkpoints."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -70,12 +71,33 @@ def test_a_stochastic_evaluation_is_reproducible_and_leaves_training_randomness_
 def test_resume_continues_from_the_checkpoint(trained):
     _, run = trained
     resumed = Agent.resume(run)
-    assert resumed.num_steps == 300
+    assert resumed.num_timesteps == 300
     assert resumed.algorithm.buffer.size == 300
     assert resumed.policy.obs_normalizer.count.item() == 300
     resumed.learn(50, run_dir=run, progress=False)
-    assert resumed.num_steps == 350
-    assert Agent.resume(run).num_steps == 350
+    assert resumed.num_timesteps == 350
+    assert Agent.resume(run).num_timesteps == 350
+
+
+def test_a_checkpoint_that_counts_num_steps_resumes(trained, tmp_path):
+    """Checkpoints written before the env-step counter became num_timesteps (num_steps is K, the chain's length,
+    in policies and ONNX metadata) call it num_steps; they resume, and Agent.num_steps still answers, deprecated."""
+    _, run = trained
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns(".lock"))
+    latest = json.loads((old / "checkpoints" / "latest.json").read_text())
+    state_file = old / "checkpoints" / latest["checkpoint"] / "state.json"
+    saved = json.loads(state_file.read_text())
+    algorithm = saved["state"]["algorithm"]
+    algorithm["num_steps"] = algorithm.pop("num_timesteps")
+    state_file.write_text(json.dumps(saved))
+    resumed = Agent.resume(old)
+    assert resumed.num_timesteps == latest["step"] > 0
+    with pytest.warns(DeprecationWarning, match="num_timesteps"):
+        assert resumed.num_steps == latest["step"]
+    assert resumed.policy.num_steps == 4  # K
+    resumed.save_checkpoint(old)  # the same step: written again, under the new name
+    assert "num_timesteps" in json.loads(state_file.read_text())["state"]["algorithm"]
 
 
 def test_resume_forgets_metrics_logged_after_its_checkpoint(tmp_path):
@@ -115,7 +137,7 @@ def test_a_kill_mid_checkpoint_leaves_the_last_good_one(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         agent.save_checkpoint(tmp_path)
     monkeypatch.undo()
-    assert Agent.resume(tmp_path).num_steps == 60
+    assert Agent.resume(tmp_path).num_timesteps == 60
     assert not list((tmp_path / "checkpoints").glob(".partial-*"))
 
 

@@ -173,7 +173,7 @@ def test_the_runner_trains_skips_finished_runs_and_extends_from_checkpoints(tmp_
     outcome = run_grid(longer, parallel=2, echo=messages.append, poll_seconds=0.2)
     assert len(outcome["trained"]) == 2, messages
     for job in longer.jobs:
-        assert Agent.resume(job.run_dir).num_steps == 300
+        assert Agent.resume(job.run_dir).num_timesteps == 300
         assert sorted(read_curve(job.run_dir)) == [100, 200, 300]
     assert "train.log" in {p.name for p in longer.jobs[0].run_dir.iterdir()}
 
@@ -271,7 +271,7 @@ def test_a_killed_runner_stops_its_trainings_and_a_rerun_resumes_them(tmp_path):
         time.sleep(0.1)
     assert not job.is_running() and job.status() == "resume"
     outcome = run_grid(load_grid(grid_file), echo=lambda _: None, poll_seconds=0.2)
-    assert len(outcome["trained"]) == 1 and Agent.resume(job.run_dir).num_steps == 3000
+    assert len(outcome["trained"]) == 1 and Agent.resume(job.run_dir).num_timesteps == 3000
     steps = [json.loads(line)["step"] for line in (job.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no step logged twice across the kill
 

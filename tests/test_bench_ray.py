@@ -120,7 +120,7 @@ def test_a_grid_on_ray_resumes_when_killed_never_trains_a_run_twice_and_writes_w
     assert output.rstrip().endswith("0 failed, 0 skipped"), output
     assert f"finished {locked.name}" in output and f"finished {killed.name}" in output
     assert all(job.status() == "done" for job in grid.jobs)
-    assert Agent.resume(killed.run_dir).num_steps == 1500
+    assert Agent.resume(killed.run_dir).num_timesteps == 1500
     steps = [json.loads(line)["step"] for line in (killed.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no step logged twice across the kill
     output = finish(bench_run_on_ray(grid_file, address, env), 120)

@@ -54,7 +54,7 @@ def test_early_stopping_on_a_reward_threshold_ends_training(tmp_path):
     agent = Agent("sac", "Pendulum-v1", **TINY)
     agent.learn(10_000, eval_every=50, eval_episodes=1, run_dir=tmp_path / "run",
                 callbacks=[StopTrainingOnRewardThreshold(-1e9)], progress=False)
-    assert agent.num_steps == 50 and agent.budget == 50  # the first evaluation passed the threshold
+    assert agent.num_timesteps == 50 and agent.budget == 50  # the first evaluation passed the threshold
     assert json.loads((tmp_path / "run" / "results.json").read_text())["total_steps"] == 50
 
 
@@ -67,7 +67,7 @@ def test_early_stopping_without_improvement_ends_training():
     agent = Agent("sac", "Pendulum-v1", **TINY)
     agent.learn(10_000, eval_every=0, progress=False, callbacks=EvalCallback(
         20, n_eval_episodes=1, callback_after_eval=StopTrainingOnNoModelImprovement(1)))
-    assert agent.num_steps < 10_000  # stopped at the first evaluation that did not improve
+    assert agent.num_timesteps < 10_000  # stopped at the first evaluation that did not improve
 
 
 def test_checkpoint_and_eval_callbacks_save_agents(tmp_path):
@@ -75,14 +75,14 @@ def test_checkpoint_and_eval_callbacks_save_agents(tmp_path):
 
     class Steps(Callback):
         def on_step(self, agent):
-            seen.append(agent.num_steps)
-            return agent.num_steps < 70  # a callback's False stops training too
+            seen.append(agent.num_timesteps)
+            return agent.num_timesteps < 70  # a callback's False stops training too
 
     evaluation = EvalCallback(30, n_eval_episodes=1, best_model_save_path=tmp_path / "best")
     agent = Agent("sac", "Pendulum-v1", **TINY)
     agent.learn(1000, eval_every=0, progress=False,
                 callbacks=[CheckpointCallback(25, tmp_path / "snapshots"), evaluation, Steps()])
-    assert seen[-1] == 70 and agent.num_steps == 70
+    assert seen[-1] == 70 and agent.num_timesteps == 70
     assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["agent_25_steps", "agent_50_steps"]
     assert [step for step, _ in evaluation.results] == [30, 60]
     assert Agent.from_pretrained(tmp_path / "best").algo == "sac"

@@ -174,14 +174,14 @@ def test_a_run_killed_before_its_first_interval_checkpoint_resumes(tmp_path, mon
     train_iteration = agent.algorithm.train_iteration
 
     def killed_at_step_70():
-        if agent.algorithm.num_steps == 70:
+        if agent.algorithm.num_timesteps == 70:
             raise _Killed
         return train_iteration()
     monkeypatch.setattr(agent.algorithm, "train_iteration", killed_at_step_70)
     with pytest.raises(_Killed):
         agent.learn(200, eval_every=0, run_dir=tmp_path, checkpoint_every=1000, log_every=10, progress=False)
     resumed = Agent.resume(tmp_path)
-    assert resumed.num_steps == 0 and resumed.budget == 200
+    assert resumed.num_timesteps == 0 and resumed.budget == 200
     resumed.learn(progress=False)
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(10, 201, 10))  # the killed run's records were replaced, not repeated
@@ -219,7 +219,7 @@ def test_learn_trains_n_more_steps_and_uses_each_calls_schedules(tmp_path):
     agent = Agent("sac", "Pendulum-v1", **TINY)
     agent.learn(60, eval_every=30, eval_episodes=1, run_dir=tmp_path, log_every=30, progress=False)
     agent.learn(60, eval_every=20, progress=False)  # into the same run directory, every 20 steps now
-    assert agent.num_steps == 120
+    assert agent.num_timesteps == 120
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval_return" in r] == [30, 60, 80, 100, 120]
     resumed = Agent.resume(tmp_path)

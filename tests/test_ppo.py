@@ -358,7 +358,7 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path, per_s
     agent, ppo = _small("diffppo", diffusion_steps=2, num_epochs=2, per_step_baseline=per_step_baseline)
     agent.learn(128, eval_every=0, checkpoint_every=64, run_dir=tmp_path, progress=False)
     resumed = Agent.resume(tmp_path)
-    assert resumed.num_steps == agent.num_steps == 128
+    assert resumed.num_timesteps == agent.num_timesteps == 128
     new = resumed.algorithm
     critics = (("value", ppo.value), ("step_value", ppo.step_value)) if per_step_baseline else (("value", ppo.value),)
     for name, module in (*critics, ("reward_scaler", ppo.reward_scaler), ("policy", ppo.policy)):
@@ -368,7 +368,7 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path, per_s
     assert torch.equal(new.shuffler.get_state(), ppo.shuffler.get_state())
     assert new.optimizer.state_dict()["state"][0]["step"] == ppo.optimizer.state_dict()["state"][0]["step"]
     resumed.learn(64, eval_every=0, progress=False)
-    assert resumed.num_steps == 192
+    assert resumed.num_timesteps == 192
 
 
 @pytest.mark.artifacts

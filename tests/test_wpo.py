@@ -175,14 +175,14 @@ def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     agent = _tiny("wpo", learning_starts=50, seed=1, buffer_size=1000)
     agent.learn(120, eval_every=0, checkpoint_every=60, run_dir=tmp_path, progress=False)
     resumed = Agent.resume(tmp_path)
-    assert resumed.num_steps == agent.num_steps == 120
+    assert resumed.num_timesteps == agent.num_timesteps == 120
     old, new = agent.algorithm, resumed.algorithm
     assert new.log_kl_penalty.item() == pytest.approx(old.log_kl_penalty.item())
     for a, b in zip(old.policy_old.state_dict().values(), new.policy_old.state_dict().values()):
         torch.testing.assert_close(a, b)
     assert new.buffer.size == old.buffer.size
     resumed.learn(30, eval_every=0, progress=False)  # 30 more, in the run directory it was resumed from
-    assert resumed.num_steps == 150
+    assert resumed.num_timesteps == 150
 
 
 @pytest.mark.artifacts

@@ -25,7 +25,7 @@ class Algorithm:
         self.config, self.policy, self.device, self.seed = config, policy, device, seed
         self.make_env = make_env
         self.rng = np.random.default_rng(seed)
-        self.num_steps = 0
+        self.num_timesteps = 0  # environment steps trained (a policy's num_steps is K, its chain's length)
         self.num_episodes = 0
         self.total_steps: int | None = None  # the step budget of the current `Agent.learn`, for schedules
         self.recent_returns: deque[float] = deque(maxlen=20)
@@ -57,7 +57,7 @@ class Algorithm:
     def state_dict(self) -> dict[str, Any]:
         return {
             "components": {name: c.state_dict() for name, c in self.components().items()},
-            "num_steps": self.num_steps,
+            "num_timesteps": self.num_timesteps,
             "num_episodes": self.num_episodes,
             "recent_returns": list(self.recent_returns),
             "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state()},
@@ -70,7 +70,8 @@ class Algorithm:
             if isinstance(component, torch.optim.Optimizer):  # JSON turned its integer keys into strings
                 saved = {**saved, "state": {int(k): v for k, v in saved["state"].items()}}
             component.load_state_dict(saved)
-        self.num_steps = int(state["num_steps"])
+        # "num_steps" in checkpoints written before the counter was renamed (a policy's num_steps is K)
+        self.num_timesteps = int(state["num_timesteps"] if "num_timesteps" in state else state["num_steps"])
         self.num_episodes = int(state["num_episodes"])
         self.recent_returns.extend(state["recent_returns"])
         self.rng.bit_generator.state = state["rng"]["numpy"]

@@ -182,7 +182,7 @@ class PPO(Algorithm):
         """Collect rollout_steps x num_envs transitions and run num_epochs of minibatch updates on them."""
         cfg = self.config
         if cfg.anneal_lr and self.total_steps:
-            lr = cfg.learning_rate * max(1.0 - self.num_steps / self.total_steps, 0.0)
+            lr = cfg.learning_rate * max(1.0 - self.num_timesteps / self.total_steps, 0.0)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         batch = self.collect_rollout()
@@ -212,7 +212,7 @@ class PPO(Algorithm):
                                                 device=self.device)
                     buffer.bootstrap_values[buffer.pos - 1, bootstrap] = self.state_value(final_obs)
                 self._track_episodes(rewards, dones)
-                self.num_steps += cfg.num_envs
+                self.num_timesteps += cfg.num_envs
                 obs = torch.as_tensor(next_obs, dtype=torch.float32, device=self.device)
             last_values = self.state_value(obs)
         self.obs = next_obs

@@ -38,10 +38,10 @@ class RolloutBuffer:
     computed afterwards for the whole rollout in one batched pass.
     """
 
-    def __init__(self, num_steps: int, num_envs: int, obs_dim: int, noise_shape: tuple[int, ...],
+    def __init__(self, rollout_steps: int, num_envs: int, obs_dim: int, noise_shape: tuple[int, ...],
                  device: torch.device | str = "cpu"):
-        shape = (num_steps, num_envs)
-        self.num_steps, self.num_envs = num_steps, num_envs
+        shape = (rollout_steps, num_envs)
+        self.rollout_steps, self.num_envs = rollout_steps, num_envs
         self.obs = torch.zeros(*shape, obs_dim, device=device)
         self.noise = torch.zeros(*shape, *noise_shape, device=device)
         self.rewards = np.zeros(shape, dtype=np.float32)
@@ -63,7 +63,7 @@ class RolloutBuffer:
 
     @property
     def full(self) -> bool:
-        return self.pos == self.num_steps
+        return self.pos == self.rollout_steps
 
     def clear(self) -> None:
         """Start a new rollout and draw the standard normal noise of all its chains."""

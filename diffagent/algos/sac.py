@@ -113,7 +113,7 @@ class SAC(Algorithm):
     def train_iteration(self) -> dict[str, float]:
         """One environment step, then `gradient_steps` updates once learning has started."""
         cfg = self.config
-        if self.num_steps < cfg.learning_starts:
+        if self.num_timesteps < cfg.learning_starts:
             action = self.rng.uniform(-1.0, 1.0, self.policy.act_dim).astype(np.float32)
         else:
             action = self.policy_action(self.obs)
@@ -127,12 +127,12 @@ class SAC(Algorithm):
             self._record_episode(self.episode_return)
             self.episode_return = 0.0
             self.obs, _ = self.env.reset()
-        self.num_steps += 1
+        self.num_timesteps += 1
 
         metrics: dict[str, float] = {}
-        if self.num_steps >= cfg.learning_starts:
+        if self.num_timesteps >= cfg.learning_starts:
             if (cfg.calibrate_entropy and not self.policy.exact_log_ratio
-                    and (self.num_steps - cfg.learning_starts) % ENTROPY_GAP_EVERY == 0):
+                    and (self.num_timesteps - cfg.learning_starts) % ENTROPY_GAP_EVERY == 0):
                 self.entropy_gap = self.measure_entropy_gap()
             for _ in range(cfg.gradient_steps):
                 metrics = self.update(self.buffer.sample(cfg.batch_size, self.sampler))
