@@ -55,7 +55,9 @@ class EvalResult:
         return float(np.std(self.returns))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean_reward": self.mean, "std_reward": self.std, "episodes": len(self.returns),
+        """The evaluation as results.json's "eval" holds it: mean and std of the returns, the names of its curve
+        ("evaluations", "final_eval") too. Earlier versions said mean_reward and std_reward here; readers take both."""
+        return {"mean": self.mean, "std": self.std, "episodes": len(self.returns),
                 "deterministic": self.deterministic, "returns": self.returns, "lengths": self.lengths}
 
 

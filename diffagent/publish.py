@@ -153,7 +153,7 @@ def _upload(agent: Agent, staging: Path, target: _Push) -> str:
     card = write_model_card(agent, staging, repo_id, results, license=target.license)
     summary = results["eval"]
     message = target.commit_message or (f"Upload {agent.algo} agent for {agent.env_id} (mean reward "
-                                        f"{summary['mean_reward']:.2f} +/- {summary['std_reward']:.2f})")
+                                        f"{_mean_and_std(summary)})")
     api = HfApi(token=target.token, library_name="diffagent", library_version=__version__)
     try:
         try:
@@ -205,6 +205,14 @@ def evaluate_for_card(agent: Agent, directory: Path, episodes: int) -> dict[str,
     return results
 
 
+def _mean_and_std(evaluation: dict[str, Any]) -> str:
+    """"mean +/- std" of a results.json evaluation: "mean" and "std", or "mean_reward" and "std_reward", the names
+    earlier versions gave those of its "eval" (the curve's entries always said mean and std)."""
+    mean = evaluation["mean"] if "mean" in evaluation else evaluation["mean_reward"]
+    std = evaluation["std"] if "std" in evaluation else evaluation["std_reward"]
+    return f"{mean:.2f} +/- {std:.2f}"
+
+
 def write_model_card(agent: Agent, directory: str | Path, repo_id: str, results: dict[str, Any], *,
                      license: str = DEFAULT_LICENSE) -> Path:
     """Write directory/README.md, huggingface_hub's ModelCard: ModelCardData metadata (huggingface_sb3's
@@ -214,7 +222,7 @@ def write_model_card(agent: Agent, directory: str | Path, repo_id: str, results:
 
     directory = Path(directory)
     evaluation = results["eval"]
-    mean_reward = f"{evaluation['mean_reward']:.2f} +/- {evaluation['std_reward']:.2f}"
+    mean_reward = _mean_and_std(evaluation)
     diffusion = agent.spec.policy is DiffusionPolicyConfig
     tags = ["reinforcement-learning", "deep-reinforcement-learning", "diffagent", agent.algo, agent.env_id]
     tags += ["diffusion-policy"] if diffusion else []
@@ -306,7 +314,7 @@ def _hyperparameter_rows(agent: Agent) -> str:
 def _results_section(evaluation: dict[str, Any], results: dict[str, Any]) -> str:
     lengths = evaluation.get("lengths") or [0]
     rows = [f"| mean return (deterministic, {_episodes(evaluation['episodes'])}) | "
-            f"{evaluation['mean_reward']:.2f} +/- {evaluation['std_reward']:.2f} |",
+            f"{_mean_and_std(evaluation)} |",
             f"| mean episode length | {sum(lengths) / len(lengths):.1f} |"]
     if results.get("total_steps"):
         rows.append(f"| training steps | {results['total_steps']:,} |")

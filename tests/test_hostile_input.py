@@ -161,7 +161,7 @@ def test_eval_json_is_strict_json_even_for_a_nan_return(artifact):
         del gym.registry["NanRewardPendulum-v0"]
     assert result.exit_code == 0, result.output
     reply = json.loads(result.output, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
-    assert reply["mean_reward"] is None and reply["returns"] == [None]
+    assert reply["mean"] is None and reply["returns"] == [None]
 
 
 # --- 5. crash-safe from step one; a re-run resumes or refuses ----------------------------------------------

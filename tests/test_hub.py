@@ -140,6 +140,7 @@ def test_push_uploads_only_artifact_files_and_removes_stale_ones(hub, tmp_path):
     assert set(files) == ARTIFACT
     results = json.loads(files["results.json"])
     assert results["eval"]["episodes"] == 2 and results["eval"]["deterministic"] is True
+    assert {"mean", "std"} <= set(results["eval"]) and "mean_reward" not in results["eval"]  # the curve's names
 
 
 def test_model_card_metadata_has_the_model_index_of_huggingface_sb3(tmp_path):
@@ -155,7 +156,7 @@ def test_model_card_metadata_has_the_model_index_of_huggingface_sb3(tmp_path):
     assert meta["library_name"] == "diffagent"
     assert set(meta["tags"]) == {"reinforcement-learning", "deep-reinforcement-learning", "diffagent", "diffsac",
                                  "Pendulum-v1", "diffusion-policy"}
-    value = f"{results['eval']['mean_reward']:.2f} +/- {results['eval']['std_reward']:.2f}"
+    value = f"{results['eval']['mean']:.2f} +/- {results['eval']['std']:.2f}"
     assert meta["model-index"] == [{"name": "diffsac", "results": [{
         "task": {"type": "reinforcement-learning", "name": "reinforcement-learning"},
         "dataset": {"name": "Pendulum-v1", "type": "Pendulum-v1"},
@@ -169,6 +170,18 @@ def test_model_card_metadata_has_the_model_index_of_huggingface_sb3(tmp_path):
     assert "| `prior_std` | `1.0` | Diffusion policy: standard deviation" in body
     assert "| onnxruntime (obs, noise) | 1 | 41.0 | 63.5 | 10000 |" in body
     assert 'Agent.from_pretrained("org/diffsac-Pendulum-v1")' in body and "$" not in body
+
+
+def test_a_results_json_of_an_earlier_version_still_makes_the_card(tmp_path):
+    """Earlier versions wrote results.json's "eval" as mean_reward/std_reward (its curve said mean/std): read both."""
+    agent = tiny_agent()
+    directory = agent.save_pretrained(tmp_path / "old")
+    old = {"eval": {"mean_reward": -151.25, "std_reward": 3.5, "episodes": 2, "deterministic": True,
+                    "returns": [-147.75, -154.75], "lengths": [200, 200]},
+           "evaluations": [{"step": 1000, "mean": -160.0, "std": 4.0}], "total_steps": 1000}
+    readme = publish.write_model_card(agent, directory, "org/old", old)
+    assert front_matter(readme)["model-index"][0]["results"][0]["metrics"][0]["value"] == "-151.25 +/- 3.50"
+    assert "| mean return (deterministic, 2 episodes) | -151.25 +/- 3.50 |" in readme.read_text()
 
 
 def test_record_video_is_skipped_with_a_message_when_it_cannot_render(tmp_path, monkeypatch, capsys):
