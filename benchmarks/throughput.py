@@ -83,7 +83,8 @@ def diffagent_ppo(algo: str, env_id: str, steps: int, **overrides) -> dict[str, 
     agent = Agent(algo, env_id, num_envs=1, rollout_steps=2048, **overrides)
     timer = Timer()
     timer.start()
-    return timer.rates(agent.learn(steps, eval_every=0, progress=False).num_timesteps)
+    agent.learn(steps, eval_every=0, progress=False)
+    return timer.rates(steps)
 
 
 def sb3_ppo(env_id: str, steps: int) -> dict[str, float]:
@@ -120,16 +121,20 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, float]:
 
 
 # --- the driver ---------------------------------------------------------------------------------------
-def child_run(variant: str, tree: str | None, args: argparse.Namespace) -> dict[str, float]:
-    """One run of `variant` in a fresh process, diffagent imported from `tree` (None: the installed one)."""
+def child_run(variant: str, tree: str | None, args: argparse.Namespace) -> dict[str, float] | None:
+    """One run of `variant` in a fresh process, diffagent imported from `tree` (None: the installed one); None,
+    with the error shown, if it failed."""
     env = dict(os.environ)
     if tree:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
     command = [sys.executable, __file__, "--child", variant, "--env", args.env, "--warmup", str(args.warmup),
                "--sac-steps", str(args.sac_steps), "--ppo-steps", str(args.ppo_steps)]
     load = os.getloadavg()[0]
-    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return {**json.loads(out.strip().splitlines()[-1]), "load_before": load, "load_after": os.getloadavg()[0]}
+    run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        print(f"{variant} failed (exit {run.returncode}):\n" + "\n".join(run.stderr.splitlines()[-15:]), flush=True)
+        return None
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "load_before": load, "load_after": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -138,7 +143,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1000, help="SAC family: random steps before learning starts")
     parser.add_argument("--sac-steps", type=int, default=1500, help="SAC family: timed steps after the warm-up")
-    parser.add_argument("--ppo-steps", type=int, default=20480, help="PPO family: steps (whole rollouts of 2048)")
+    parser.add_argument("--ppo-steps", type=int, default=20480, help="PPO family: steps, a multiple of the 2048 of a "
+                                                                     "rollout (learn trains whole rollouts)")
     parser.add_argument("--ks", default="4,8,16", help="denoising steps of DiffSAC; DiffPPO runs K = 8")
     parser.add_argument("--only", default=None, help="comma-separated variants to run (default: all)")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
@@ -148,6 +154,8 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args()
+    if args.ppo_steps % 2048:
+        parser.error("--ppo-steps must be a multiple of 2048, a rollout")
     if args.child:
         print(json.dumps(run_variant(args.child, args)))
         return
@@ -161,38 +169,51 @@ def main() -> None:
     runs = [(v, None) for v in variants] + [(v, name) for name in trees for v in tree_variants]
     label = {run: run[0] if run[1] is None else f"{run[0]} ({run[1]})" for run in runs}
     results: dict[str, list[dict[str, float]]] = {label[run]: [] for run in runs}
+    failures: list[str] = []
     for round_index in range(args.rounds):
         shift = round_index % len(runs)
         for run in runs[shift:] + runs[:shift]:
             variant, tree_name = run
             result = child_run(variant, trees.get(tree_name), args)
+            if result is None:
+                failures.append(f"round {round_index + 1} {label[run]}")
+                continue
             results[label[run]].append(result)
             print(f"round {round_index + 1} {label[run]}: {result['steps_per_s']:.1f} steps/s, "
                   f"{result['steps_per_cpu_s']:.1f} per CPU-second, load {result['load_before']:.2f}", flush=True)
+        report(args, trees, label, results, failures, final=round_index + 1 == args.rounds)
+
+
+def report(args: argparse.Namespace, trees: dict[str, str], label: dict, results: dict[str, list[dict[str, float]]],
+           failures: list[str], final: bool) -> None:
+    """The table of medians so far (printed at the end) and the results file (written after every round)."""
 
     def median(name: str, key: str) -> float:
         return statistics.median(r[key] for r in results[name])
 
     rows = []
     for (variant, _), name in label.items():
+        if not results[name]:
+            continue
         family = SAC_FAMILY if "SAC" in variant else PPO_FAMILY
         row = {"variant": name, "steps_per_s": median(name, "steps_per_s"),
                "steps_per_cpu_s": median(name, "steps_per_cpu_s")}
-        if family in results:
+        if results.get(family):
             row["x_sb3"] = row["steps_per_s"] / median(family, "steps_per_s")
             row["x_sb3_cpu"] = row["steps_per_cpu_s"] / median(family, "steps_per_cpu_s")
         rows.append({**row, "runs": results[name]})
     machine = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), "unknown CPU")
     loads = [r["load_before"] for runs_of in results.values() for r in runs_of]
-    print(f"\n{args.env} on {machine} ({os.cpu_count()} cores), one torch thread, {args.rounds} round(s), medians; "
-          f"load average {min(loads):.2f}-{max(loads):.2f} at the runs' starts\n")
-    columns = ["variant", "steps_per_s", "x_sb3", "steps_per_cpu_s", "x_sb3_cpu"]
-    print(markdown_table([{c: row.get(c, "") for c in columns} for row in rows], columns))
+    if final:
+        print(f"\n{args.env} on {machine} ({os.cpu_count()} cores), one torch thread, {args.rounds} round(s), "
+              f"medians; load average {min(loads):.2f}-{max(loads):.2f} at the runs' starts; failed runs: "
+              f"{', '.join(failures) or 'none'}\n")
+        columns = ["variant", "steps_per_s", "x_sb3", "steps_per_cpu_s", "x_sb3_cpu"]
+        print(markdown_table([{c: row.get(c, "") for c in columns} for row in rows], columns))
     write_results(args.out, {"env": args.env, "rounds": args.rounds, "warmup": args.warmup,
                              "sac_steps": args.sac_steps, "ppo_steps": args.ppo_steps, "threads": 1,
-                             "trees": trees, "rows": rows})
-
+                             "trees": trees, "failed_runs": failures, "complete": final, "rows": rows})
 
 if __name__ == "__main__":
     main()

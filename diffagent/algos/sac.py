@@ -54,7 +54,7 @@ class SoftTarget(nn.Module):
     critics' tensors, so on a CPU onnxruntime computes it (`SAC.td_target`).
     """
 
-    INPUTS = ["next_obs", "noise", "rewards", "terminated", "alpha"]
+    INPUTS = ("next_obs", "noise", "rewards", "terminated", "alpha")
 
     def __init__(self, policy: Policy, critic_target: CriticEnsemble, gamma: float):
         super().__init__()
@@ -199,7 +199,7 @@ class SAC(Algorithm):
             return self.soft_target(*inputs)
         inputs = tuple(x.contiguous() for x in inputs)  # onnxruntime reads the tensors' memory as it is laid out
         if self.live_target is None or self.live_target.output.shape[0] != len(batch.rewards):  # one batch size
-            self.live_target = LiveOnnxModule(self.soft_target, inputs, SoftTarget.INPUTS, "target")
+            self.live_target = LiveOnnxModule(self.soft_target, inputs, list(SoftTarget.INPUTS), "target")
         return self.live_target(*inputs)
 
     def measure_entropy_gap(self) -> torch.Tensor:
