@@ -48,18 +48,20 @@ class Timer:
                 "steps_per_cpu_s": steps / (time.process_time() - self.cpu)}
 
 
-def diffagent_sac(algo: str, env_id: str, warmup: int, steps: int, **overrides) -> dict[str, float]:
+def diffagent_sac(algo: str, env_id: str, warmup: int, settle: int, steps: int, **overrides) -> dict[str, float]:
     from diffagent import Agent
 
     agent = Agent(algo, env_id, learning_starts=warmup, **overrides)
     agent.learn(warmup, eval_every=0, progress=False)
+    if settle:
+        agent.learn(settle, eval_every=0, progress=False)
     timer = Timer()
     timer.start()
     agent.learn(steps, eval_every=0, progress=False)
     return timer.rates(steps)
 
 
-def sb3_sac(env_id: str, warmup: int, steps: int) -> dict[str, float]:
+def sb3_sac(env_id: str, warmup: int, settle: int, steps: int) -> dict[str, float]:
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -67,13 +69,13 @@ def sb3_sac(env_id: str, warmup: int, steps: int) -> dict[str, float]:
 
     class StartClock(BaseCallback):
         def _on_step(self) -> bool:
-            if self.num_timesteps == warmup:
+            if self.num_timesteps == warmup + settle:
                 timer.start()
             return True
 
     model = SAC("MlpPolicy", env_id, learning_starts=warmup, batch_size=256, buffer_size=1_000_000,
                 policy_kwargs={"net_arch": [256, 256]}, device="cpu", verbose=0)
-    model.learn(warmup + steps, callback=StartClock())
+    model.learn(warmup + settle + steps, callback=StartClock())
     return timer.rates(steps)
 
 
@@ -112,11 +114,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, float]:
     name, _, k = variant.partition(" K=")
     overrides = {"diffusion_steps": int(k)} if k else {}
     if variant == "SB3 SAC":
-        return sb3_sac(args.env, args.warmup, args.sac_steps)
+        return sb3_sac(args.env, args.warmup, args.settle, args.sac_steps)
     if variant == "SB3 PPO":
         return sb3_ppo(args.env, args.ppo_steps)
     if name in ("SAC", "DiffSAC"):
-        return diffagent_sac(name.lower(), args.env, args.warmup, args.sac_steps, **overrides)
+        return diffagent_sac(name.lower(), args.env, args.warmup, args.settle, args.sac_steps, **overrides)
     return diffagent_ppo(name.lower(), args.env, args.ppo_steps, **overrides)
 
 
@@ -128,6 +130,7 @@ def child_run(variant: str, tree: str | None, args: argparse.Namespace) -> dict[
     if tree:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH")]))
     command = [sys.executable, __file__, "--child", variant, "--env", args.env, "--warmup", str(args.warmup),
+               "--settle", str(args.settle),
                "--sac-steps", str(args.sac_steps), "--ppo-steps", str(args.ppo_steps)]
     load = os.getloadavg()[0]
     run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -142,6 +145,9 @@ def main() -> None:
     parser.add_argument("--env", default="Hopper-v4")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1000, help="SAC family: random steps before learning starts")
+    parser.add_argument("--settle", type=int, default=0, help="SAC family: steps trained after the warm-up before "
+                        "the clock starts, which leaves one-time setup out (diffagent's onnxruntime sessions, traced "
+                        "at the first action and update, a few seconds)")
     parser.add_argument("--sac-steps", type=int, default=1500, help="SAC family: timed steps after the warm-up")
     parser.add_argument("--ppo-steps", type=int, default=20480, help="PPO family: steps, a multiple of the 2048 of a "
                                                                      "rollout (learn trains whole rollouts)")
@@ -211,7 +217,7 @@ def report(args: argparse.Namespace, trees: dict[str, str], label: dict, results
               f"{', '.join(failures) or 'none'}\n")
         columns = ["variant", "steps_per_s", "x_sb3", "steps_per_cpu_s", "x_sb3_cpu"]
         print(markdown_table([{c: row.get(c, "") for c in columns} for row in rows], columns))
-    write_results(args.out, {"env": args.env, "rounds": args.rounds, "warmup": args.warmup,
+    write_results(args.out, {"env": args.env, "rounds": args.rounds, "warmup": args.warmup, "settle": args.settle,
                              "sac_steps": args.sac_steps, "ppo_steps": args.ppo_steps, "threads": 1,
                              "trees": trees, "failed_runs": failures, "complete": final, "rows": rows})
 
