@@ -260,8 +260,8 @@ class Agent:
         On a CPU the episodes act through the ONNX acting backend (`LiveOnnxPolicy`), bound to the
         current policy's tensors at the start of each call: one observation at a time, torch's per-op
         cost dominates, and onnxruntime runs the chain several times faster with the same actions up to
-        float rounding (benchmarks/acting_latency.py; tests/test_agent.py compares every action). This
-        is the one place diffagent picks an acting backend by itself; `act` always runs torch.
+        float rounding (benchmarks/acting_latency.py; tests/test_agent.py compares every action). Training
+        rollouts do the same on a CPU (SAC.policy_action, PPO's rollouts); `act` always runs torch.
         """
         if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
             raise ConfigError(f"episodes must be a positive integer, got {episodes!r}")
