@@ -50,13 +50,17 @@ CASES = {
                          measured="AMD EPYC, seeds 0-9: min -388 (seed 4 half swung up), median -187, max -146"),
     "diffsac-pendulum": Case("diffsac", "Pendulum-v1", 5000, -400, -700,
                              {**PENDULUM_NETS, **FAST_LR, "diffusion_steps": 4},
-                             measured="AMD EPYC, seeds 0-9: min -198, median -186, max -146"),
+                             measured="AMD EPYC, seeds 0-9: min -198, median -186, max -146; again after "
+                                      "the onnxruntime TD target and acting (6700915): min -197, median -185, "
+                                      "max -147"),
     "wpo-pendulum": Case("wpo", "Pendulum-v1", 8000, -400, -700, PENDULUM_NETS,
-                         measured="AMD EPYC, seeds 0-9: min -234, median -187, max -148"),
+                         measured="AMD EPYC, seeds 0-9: min -234, median -187, max -148; seeds 0-4 after "
+                                  "6700915: min -333 (seed 1), median -198, max -151"),
     # K = 2 with larger steps than the K = 8 default schedule, so two steps can move the action as far
     "diffwpo-pendulum": Case("diffwpo", "Pendulum-v1", 8000, -400, -700,
                              {**PENDULUM_NETS, "diffusion_steps": 2, "step_size_max": 0.5, "step_size_min": 0.05},
-                             measured="AMD EPYC, seeds 0-9: min -200, median -184, max -147"),
+                             measured="AMD EPYC, seeds 0-9: min -200, median -184, max -147; seeds 0-4 "
+                                      "after 6700915: min -199, median -196, max -151"),
     "ppo-invpend": Case("ppo", "InvertedPendulum-v4", 24_576, 500, 100, seeds=(0, 1, 2),
                         measured="AMD EPYC, seeds 0-9: min 863, median 1000; one Intel Xeon run of seed 0: 364"),
     "diffppo-invpend": Case("diffppo", "InvertedPendulum-v4", 24_576, 250, 100, seeds=(0, 1, 2),
