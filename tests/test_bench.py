@@ -98,6 +98,15 @@ def test_score_is_read_off_the_curve_at_the_budget(tmp_path):
     assert score_at(curve, 500) is None  # the run has not got there
 
 
+@pytest.mark.math
+def test_an_on_policy_run_is_scored_on_its_last_evaluation_though_it_lands_past_the_budget():
+    # PPO evaluates at the end of the rollout that crosses each evaluation point: 300,000 steps end at 301,056
+    curve = {260_096: 869.0, 280_576: 1088.0, 301_056: 915.0}
+    assert score_at(curve, 300_000) == 915.0
+    assert score_at(curve, 280_000) == 1088.0
+    assert score_at(curve, 302_000) is None
+
+
 @pytest.mark.artifacts
 def test_grid_errors_say_what_is_wrong(tmp_path):
     grid = write_grid(tmp_path, 100)

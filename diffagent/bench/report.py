@@ -35,7 +35,7 @@ from diffagent.bench.grid import (STOCHASTIC_RETURN, Grid, algo_family, archive_
 from diffagent.bench.plots import plot_curves, plot_summary
 from diffagent.bench.sb3 import is_sb3
 from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
-                                   score_at, seed_interval, steps_to_reach)
+                                   score_at, seed_interval, step_at, steps_to_reach)
 from diffagent.errors import ConfigError
 from diffagent.io import RESULTS_FILE, WEIGHTS_FILE, write_json
 from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, MODE_RADIUS, make_bandit, mode_coverage,
@@ -302,14 +302,20 @@ def sample_efficiency(grid: Grid, rows: list[dict[str, Any]], curves: _Curves) -
         if target is None or not row["seeds"]:
             continue
         jobs = {job.seed: job for job in grid.jobs if (job.env_id, job.algo) == (row["env"], row["algo"])}
-        steps = {seed: steps_to_reach({step: value for step, value in curves.deterministic[jobs[seed].run_dir].items()
-                                       if step <= row["steps"]}, target) for seed in row["seeds"]}
+        steps = {seed: steps_to_reach(_curve_to_budget(curves.deterministic[jobs[seed].run_dir], row["steps"]), target)
+                 for seed in row["seeds"]}
         values = list(steps.values())
         interval, (low, high) = seed_interval(values)
         efficiency.append({"env": row["env"], "algo": row["algo"], "steps": row["steps"], "target": target,
                            "per_seed": steps, "reached": sum(math.isfinite(v) for v in values),
                            "iqm": iqm(values), "ci": (low, high), "interval": interval})
     return efficiency
+
+
+def _curve_to_budget(curve: dict[int, float], budget: int) -> dict[int, float]:
+    """The evaluations up to the one that stands for `budget` (stats.step_at)."""
+    last = step_at(curve, budget)
+    return {step: value for step, value in curve.items() if last is not None and step <= last}
 
 
 def _format_steps(value: float, budget: int) -> str:

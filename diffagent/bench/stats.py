@@ -63,11 +63,20 @@ def score_matrix(values: Iterable[float] | np.ndarray) -> np.ndarray:
     return matrix[:, None] if matrix.ndim == 1 else matrix
 
 
-def score_at(curve: dict[int, float], budget: int) -> float | None:
-    """The evaluation at `budget` steps: the last one at or before it, if the run got that far."""
+def step_at(curve: dict[int, float], budget: int) -> int | None:
+    """The step of the evaluation that stands for `budget`: the one closest to it (the earlier on a tie), if the run
+    got that far. Not "the last at or before it": an on-policy run evaluates at the end of the rollout that crosses
+    each evaluation point, a little past it (PPO's last evaluation of 300,000 steps lands at 301,056), and that
+    rule would score it on the evaluation one interval earlier."""
     if not curve or max(curve) < budget:
         return None
-    return curve[max(step for step in curve if step <= budget)]
+    return min(curve, key=lambda step: (abs(step - budget), step))
+
+
+def score_at(curve: dict[int, float], budget: int) -> float | None:
+    """The evaluation at `budget` steps (`step_at`), if the run got that far."""
+    step = step_at(curve, budget)
+    return None if step is None else curve[step]
 
 
 def steps_to_reach(curve: dict[int, float], target: float) -> float:
