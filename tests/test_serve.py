@@ -152,6 +152,30 @@ def test_runtime_refuses_bad_input_with_a_clear_error(toy, obs, noise, determini
     assert np.isfinite(toy.act(np.ones(OBS_DIM, np.int64))).all()  # and integers are fine
 
 
+def test_batch_of_one_runs_on_a_shared_binding_yet_returns_its_own_actions_in_any_thread(toy):
+    obs, noise = random_inputs(64, seed=2)
+    want = toy_reference(obs, noise)
+    first = toy.run(obs[:1], noise[:1])
+    toy.run(obs[1:2], noise[1:2])  # the same bound output buffer computes another action...
+    np.testing.assert_allclose(first, want[:1], atol=1e-6)  # ...which does not overwrite the one returned before
+    got, failures = np.full_like(want, np.nan), []
+
+    def run(rows: range) -> None:
+        try:
+            for row in rows:
+                got[row] = toy.run(obs[row:row + 1], noise[row:row + 1])[0]
+        except Exception as err:  # reported below: an exception in a thread would be lost
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=run, args=(range(start, 64, 4),)) for start in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures, failures
+    np.testing.assert_allclose(got, want, atol=1e-6)  # every thread got its own observation's action
+
+
 def test_sample_noise_graph(tmp_path):
     policy = serve.load_policy(build_toy(tmp_path / "sample.onnx", noise_input=False), seed=5)
     assert policy.act(np.ones(OBS_DIM)).shape == (ACT_DIM,)
