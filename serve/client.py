@@ -13,16 +13,20 @@ import json
 import select
 import socket
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
 from serve.contract import flatten_observation, observation_layout
-from serve.protocol import (DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, FATAL_ERRORS, HEADER_SIZE, DType, ErrorCode, Flags,
-                            MsgType, ProtocolError, float32_payload, pack_header, parse_error, parse_header)
+from serve.protocol import (DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, FATAL_ERRORS, HEADER_SIZE, WIRE_FLOAT32, DType,
+                            ErrorCode, Flags, MsgType, ProtocolError, float32_payload, pack_header, parse_error,
+                            parse_header)
 
 _RECV_SIZE = 1 << 16
-# Plain ints on the per-request path: IntFlag arithmetic costs about a microsecond per operation.
+# Plain ints on the per-request path: reading an enum member costs about 0.3 us in Python 3.11, and IntFlag
+# arithmetic about a microsecond per operation.
+_ACT, _ACT_REPLY, _ERROR = int(MsgType.ACT), int(MsgType.ACT_REPLY), int(MsgType.ERROR)
 _DETERMINISTIC, _NOISE, _FLOAT32 = int(Flags.DETERMINISTIC), int(Flags.NOISE), int(DType.FLOAT32)
 
 
@@ -80,7 +84,7 @@ class Client:
         self._sock, self._buf = sock, bytearray()
         self._input_waiting = _input_waiting_check(sock)
         if self.token is not None:
-            self._exchange(sock, MsgType.AUTH, self.token.encode("utf-8"), expect=MsgType.AUTH_OK)
+            self._exchange(sock, MsgType.AUTH, self.token.encode("utf-8"), MsgType.AUTH_OK)
         return sock
 
     def close(self) -> None:
@@ -121,37 +125,37 @@ class Client:
             # The server checks the noise length against K and act_dim; here it only has to be float32.
             flags |= _NOISE
             payload += float32_payload(noise).tobytes()
-        header, body = self._request(MsgType.ACT, payload, expect=MsgType.ACT_REPLY, dtype=_FLOAT32,
-                                     flags=flags, rows=rows, cols=cols)
+        header, body = self._request(_ACT, payload, _ACT_REPLY, _FLOAT32, flags, rows, cols)
         if header.dtype != _FLOAT32 or len(body) != 4 * header.rows * header.cols or header.rows != rows:
             self.close()
             raise ProtocolError(ErrorCode.BAD_SHAPE, f"malformed ACT reply (rows={header.rows}, cols={header.cols}, "
                                                      f"{len(body)} bytes) for {rows} observations")
-        actions = np.frombuffer(body, dtype="<f4").reshape(header.rows, header.cols)
+        actions = np.frombuffer(body, WIRE_FLOAT32).reshape(header.rows, header.cols)
         return actions[0] if single else actions
 
     def metadata(self) -> dict[str, Any]:
         """The served policy's metadata: algo, env_id, num_steps, obs_dim, act_dim, spaces, limits."""
-        _, body = self._request(MsgType.METADATA, b"", expect=MsgType.METADATA_REPLY)
+        _, body = self._request(MsgType.METADATA, b"", MsgType.METADATA_REPLY)
         return json.loads(bytes(body).decode("utf-8"))
 
     def ping(self) -> float:
         """Round-trip time of a PING in seconds (a health check: raises if the server does not answer)."""
         start = time.perf_counter()
-        self._request(MsgType.PING, b"", expect=MsgType.PONG)
+        self._request(MsgType.PING, b"", MsgType.PONG)
         return time.perf_counter() - start
 
-    def _request(self, msg_type: MsgType, payload: bytes, *, expect: MsgType, **header: int) -> tuple[Any, bytearray]:
+    def _request(self, msg_type: int, payload: bytes, expect: int, dtype: int = DType.NONE, flags: int = 0,
+                 rows: int = 0, cols: int = 0) -> tuple[Any, bytearray]:
         if self._sock is not None and self._input_waiting():
             # Every reply is read before the next request goes out, so bytes waiting now are unsolicited:
             # the server's goodbye (an ERROR with request id 0) and the end of the stream. No request was
             # in flight, so this one simply goes out on a fresh connection.
             self.close()
         sock = self._sock if self._sock is not None else self._connect()
-        return self._exchange(sock, msg_type, payload, expect=expect, **header)
+        return self._exchange(sock, msg_type, payload, expect, dtype, flags, rows, cols)
 
-    def _exchange(self, sock: socket.socket, msg_type: MsgType, payload: bytes, *, expect: MsgType,
-                  dtype: int = DType.NONE, flags: int = 0, rows: int = 0, cols: int = 0) -> tuple[Any, bytearray]:
+    def _exchange(self, sock: socket.socket, msg_type: int, payload: bytes, expect: int, dtype: int = DType.NONE,
+                  flags: int = 0, rows: int = 0, cols: int = 0) -> tuple[Any, bytearray]:
         request_id = self._next_id
         self._next_id = request_id % 0xFFFFFFFF + 1  # 1, 2, ..., 2**32 - 1, then 1 again
         frame = pack_header(msg_type, request_id, len(payload), dtype=dtype, flags=flags, rows=rows, cols=cols)
@@ -169,7 +173,7 @@ class Client:
             self.close()
             raise ConnectionError(f"lost the connection to {self.host}:{self.port} ({err}); the next call "
                                   "reconnects") from None
-        if header.type == MsgType.ERROR:
+        if header.type == _ERROR:
             code, message = parse_error(body)
             if code in FATAL_ERRORS:
                 self.close()  # the server closes its end after a fatal error

@@ -27,6 +27,8 @@ DEFAULT_PORT = 8870
 DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024
 ERROR_CODE = struct.Struct("<I")
 MAX_ERROR_MESSAGE = 1024
+# The one tensor encoding on the wire, as a dtype object: numpy parses a dtype string on every call that takes one.
+WIRE_FLOAT32 = np.dtype("<f4")
 
 
 class MsgType(IntEnum):
@@ -152,9 +154,9 @@ def parse_error(payload: bytes | memoryview) -> tuple[int, str]:
 
 def float32_payload(array: np.ndarray) -> np.ndarray:
     """`array` as contiguous little-endian float32, the only tensor encoding on the wire."""
-    return np.ascontiguousarray(array, dtype="<f4")
+    return np.ascontiguousarray(array, dtype=WIRE_FLOAT32)
 
 
-__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "DEFAULT_PORT", "DEFAULT_MAX_PAYLOAD", "KNOWN_FLAGS", "MsgType",
-           "DType", "Flags", "ErrorCode", "FATAL_ERRORS", "ProtocolError", "Header", "pack_header", "parse_header",
-           "error_frame", "parse_error", "float32_payload"]
+__all__ = ["MAGIC", "VERSION", "HEADER", "HEADER_SIZE", "DEFAULT_PORT", "DEFAULT_MAX_PAYLOAD", "KNOWN_FLAGS",
+           "WIRE_FLOAT32", "MsgType", "DType", "Flags", "ErrorCode", "FATAL_ERRORS", "ProtocolError", "Header",
+           "pack_header", "parse_header", "error_frame", "parse_error", "float32_payload"]

@@ -357,6 +357,19 @@ def test_non_finite_input_is_refused_alike_in_process_and_over_the_wire(server, 
     assert remote.value.message.startswith("observation" if noise is None else "noise")
 
 
+def test_frames_split_anywhere_across_reads_are_answered_in_order(server):
+    obs, noise = random_inputs(4, seed=8)
+    stream = b"".join(act_frame(obs[i:i + 1], noise=noise[i:i + 1], request_id=20 + i) for i in range(4))
+    with raw(server) as sock:
+        for cut in range(0, len(stream), 7):  # frames of 60 bytes in pieces of 7: most reads end mid-frame
+            sock.sendall(stream[cut:cut + 7])
+            time.sleep(0.002)  # so that the server reads the pieces one by one
+        replies = [read_frame(sock) for _ in range(4)]
+    assert [header.request_id for header, _ in replies] == [20, 21, 22, 23]
+    actions = np.stack([np.frombuffer(payload, "<f4") for _, payload in replies])
+    np.testing.assert_allclose(actions, toy_reference(obs, noise), atol=1e-6)
+
+
 def test_truncated_frames_and_hang_ups_cost_only_that_connection(server):
     frame = act_frame(GOOD_OBS)
     for cut in (5, HEADER_SIZE, len(frame) - 3):  # mid-header, header only, mid-payload
