@@ -9,22 +9,35 @@ What is measured, with the client in this process and each server in its own pro
 - serve:    `python -m serve.server MODEL` over its binary TCP protocol (`serve.Client`).
 - noop:     the same server and transport with the graph call replaced by returning zeros.
 - fastapi:  FastAPI + uvicorn, JSON over HTTP/1.1 keep-alive, the same model in onnxruntime with the
-            same session options (what a user would write by hand; needs `pip install fastapi uvicorn`).
+            same session options: what a user would write by hand, with `pip install fastapi
+            "uvicorn[standard]"` (uvicorn then runs on uvloop and httptools, its fastest stack).
 
-Each gets `--warmup` requests, then `--requests` at batch 1 in a closed loop (send, wait, repeat) and
-`--requests` at a fixed rate (`--rate` Hz, the way a controller calls), then `--batch-requests` at
-batch 1024. A last section runs `--clients` client processes at once against the server with
-request batching on and off. The chain noise is drawn by the server (stochastic actions).
+Every server runs from the start, and each mode takes its requests in blocks of `--block` that the
+servers take in turn (the first of each round rotating), so a change in a shared machine's load
+falls on all of them alike: the ratios are side by side. Each gets `--warmup` requests, then
+`--requests` at batch 1 in a closed loop (send, wait, repeat) and `--requests` at a fixed rate
+(`--rate` Hz, the way a controller calls), then `--batch-requests` at batch 1024. A last section
+runs `--clients` client processes at once against the server with request batching on and off.
+The chain noise is drawn by the server (stochastic actions). `--baseline CHECKOUT` adds serve and
+noop as another checkout builds them (its server and its client), taking their turns in the same
+rounds: a before/after comparison in one run.
+
+The goals of issue 18 (item 5) are checked on the closed loop at batch 1 and printed as met or
+not: serve's p50 within 1.5x of the no-op server's, and FastAPI's p50 at least 4x serve's. The
+no-op server does not run the chain, so serve cannot beat noop + inproc: the first goal can only be
+met where the chain costs at most half the transport; the overhead beyond both floors is printed too.
 Results (p50/p90/p99/max in microseconds) go to benchmarks/results/serve_latency.json with the
-command, versions, CPU and date. On a shared machine the numbers move with the neighbours' load:
-compare ratios measured in one run, and quote the load average recorded beside them.
+command, versions, CPU, date and load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import http.client
 import json
+import math
 import os
 import socket
 import subprocess
@@ -36,7 +49,10 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `serve` from this checkout
+# `serve` from this checkout, or, in the child processes of --baseline, from the baseline's checkout.
+ROOT_ENV = "SERVE_LATENCY_ROOT"
+ROOT_CHECKOUT = os.environ.get(ROOT_ENV) or str(Path(__file__).resolve().parents[1])
+sys.path.insert(0, ROOT_CHECKOUT)
 
 from common import markdown_table, write_results  # noqa: E402
 
@@ -45,6 +61,9 @@ from serve.demo import start_server, stop_server  # noqa: E402
 
 BATCH_LARGE = 1024
 _READY_TIMEOUT = 60.0
+# Issue 18, item 5, at batch 1 in the closed loop: serve p50 <= 1.5 x noop p50, FastAPI p50 >= 4 x serve p50.
+GOAL_SERVE_OVER_NOOP = 1.5
+GOAL_FASTAPI_OVER_SERVE = 4.0
 
 
 # --- servers (each runs in its own process: `python serve_latency.py _noop|_fastapi ...`) --------------
@@ -170,23 +189,104 @@ def fixed_rate(call: Callable[[], object], n: int, rate: float) -> list[float]:
     return times
 
 
-def measure(name: str, act: Callable[[np.ndarray], object], obs_dim: int, args: argparse.Namespace) -> list[dict]:
+def interleaved(timers: dict[str, Callable[[int], list[float]]], n: int, block: int) -> dict[str, list[float]]:
+    """`n` timings of each server, in blocks of `block` that the servers take in turn, the first of each round rotating.
+
+    `timers[name](count)` times `count` requests to one server. Every server sees the machine's load of
+    the same minutes, so their ratios are side by side.
+    """
+    names, times = list(timers), {name: [] for name in timers}
+    for round_index in range(math.ceil(n / block)):
+        first = round_index % len(names)
+        for name in names[first:] + names[:first]:
+            times[name] += timers[name](min(block, n - len(times[name])))
+    return times
+
+
+def request_inputs(obs_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(one observation, a batch of BATCH_LARGE), the same in every process that measures."""
     rng = np.random.default_rng(0)
-    one = rng.standard_normal(obs_dim).astype(np.float32)
-    one_row = one[None]
-    big = rng.standard_normal((BATCH_LARGE, obs_dim)).astype(np.float32)
-    batch1 = (lambda: act(one_row)) if name in ("fastapi", "inproc") else (lambda: act(one))
-    closed_loop(batch1, args.warmup)
-    rows = [{"server": name, "mode": "closed loop", "batch": 1, **summary(closed_loop(batch1, args.requests))}]
-    print(f"  {name}: closed loop done, p50 {rows[-1]['p50_us']:.0f} us", flush=True)
-    rows.append({"server": name, "mode": f"{args.rate:g} Hz", "batch": 1,
-                 **summary(fixed_rate(batch1, args.requests, args.rate))})
-    print(f"  {name}: fixed rate done, p50 {rows[-1]['p50_us']:.0f} us", flush=True)
+    return (rng.standard_normal(obs_dim).astype(np.float32),
+            rng.standard_normal((BATCH_LARGE, obs_dim)).astype(np.float32))
+
+
+def timer(act: Callable[[np.ndarray], object], mode: str, batch: int, obs_dim: int,
+          takes_batch: bool = False) -> Callable[[int], list[float]]:
+    """Times `count` requests of `act` at `batch` rows in `mode` ("closed loop" or "<rate> Hz").
+
+    A controller sends one observation; `takes_batch` marks the callers that need a batch of one
+    (the JSON client, OnnxPolicy.run).
+    """
+    one, big = request_inputs(obs_dim)
+    call = functools.partial(act, big if batch == BATCH_LARGE else one[None] if takes_batch else one)
+    if mode == "closed loop":
+        return functools.partial(closed_loop, call)
+    rate = float(mode.removesuffix(" Hz"))
+    return lambda count: fixed_rate(call, count, rate)
+
+
+def measure(acts: dict[str, Callable[[np.ndarray], object]], obs_dim: int, args: argparse.Namespace,
+            baseline: Baseline | None = None) -> list[dict]:
+    """Every mode for every server (and the baseline's), side by side (see `interleaved`); rows by server."""
+    modes = [("closed loop", 1, args.requests, args.block), (f"{args.rate:g} Hz", 1, args.requests, args.block)]
     if args.batch_requests:
-        closed_loop(lambda: act(big), 5)
-        rows.append({"server": name, "mode": "closed loop", "batch": BATCH_LARGE,
-                     **summary(closed_loop(lambda: act(big), args.batch_requests))})
-    return rows
+        modes.append(("closed loop", BATCH_LARGE, args.batch_requests, max(1, args.block // 25)))
+    rows = []
+    for mode, batch, n, block in modes:
+        timers = {name: timer(act, mode, batch, obs_dim, takes_batch=name in ("fastapi", "inproc"))
+                  for name, act in acts.items()}
+        if baseline is not None:
+            timers.update(baseline.timers(mode, batch))
+        if mode == "closed loop":  # warm up before each batch size's first mode
+            for time_requests in timers.values():
+                time_requests(args.warmup if batch == 1 else 5)
+        times = interleaved(timers, n, block)
+        rows += [{"server": name, "mode": mode, "batch": batch, **summary(times[name])} for name in timers]
+        print(f"  {mode}, batch {batch} done", flush=True)
+    order = list(dict.fromkeys(row["server"] for row in rows))
+    return sorted(rows, key=lambda row: order.index(row["server"]))
+
+
+class Baseline:
+    """`serve` and `noop` as another checkout builds them (its server and its client), measured beside this one's.
+
+    A child process runs this script from that checkout's `serve`, starts both servers and times the
+    blocks of requests this process asks for, so the baseline takes its turns in the same rounds.
+    """
+
+    SERVERS = ("serve", "noop")
+
+    def __init__(self, checkout: str, model: str, threads: int, obs_dim: int):
+        checkout = str(Path(checkout).resolve())
+        self.proc = subprocess.Popen([sys.executable, __file__, "_baseline", model, str(threads), str(obs_dim)],
+                                     cwd=checkout, env={**os.environ, ROOT_ENV: checkout}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.close()
+            raise RuntimeError(f"the baseline at {checkout} did not start; its error is above")
+
+    def timers(self, mode: str, batch: int) -> dict[str, Callable[[int], list[float]]]:
+        return {f"{name} (baseline)": functools.partial(self._time, name, mode, batch) for name in self.SERVERS}
+
+    def _time(self, name: str, mode: str, batch: int, count: int) -> list[float]:
+        self.proc.stdin.write(json.dumps([name, mode, batch, count]) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # the child stops its servers and exits at the end of its input
+        self.proc.wait(30)
+
+
+def run_baseline(model: str, threads: int, obs_dim: int) -> None:
+    """The child of `Baseline`: time the blocks of requests asked for on stdin, one JSON line of times each."""
+    with contextlib.ExitStack() as servers:
+        acts = {"serve": _client(servers, *start_server(model, ["--threads", str(threads)])),
+                "noop": _client(servers, *_start_noop(model, threads))}
+        print("ready", flush=True)
+        for line in sys.stdin:
+            name, mode, batch, count = json.loads(line)
+            print(json.dumps(timer(acts[name], mode, batch, obs_dim)(count)), flush=True)
 
 
 def load_client(host: str, port: int, n: int, obs_dim: int) -> None:
@@ -237,12 +337,15 @@ def main() -> None:
     parser.add_argument("--model", help="artifact dir or .onnx [default: export Agent('diffsac', 'Hopper-v4')]")
     parser.add_argument("--requests", type=int, default=10_000, help="measured requests per mode (after warm-up)")
     parser.add_argument("--warmup", type=int, default=1_000)
+    parser.add_argument("--block", type=int, default=250, help="requests per server before the next takes its turn")
     parser.add_argument("--rate", type=float, default=500.0, help="fixed-rate mode, requests per second")
     parser.add_argument("--batch-requests", type=int, default=200, help=f"requests at batch {BATCH_LARGE} (0: skip)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client processes (0: skip)")
     parser.add_argument("--load-requests", type=int, default=2_000, help="requests per concurrent client")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads, every server")
     parser.add_argument("--skip-fastapi", action="store_true")
+    parser.add_argument("--baseline", metavar="CHECKOUT", help="also measure serve and noop as built by another "
+                        "checkout of this repository (e.g. `git worktree add /tmp/before HEAD~3`), side by side")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve_latency.json"))
     args = parser.parse_args()
 
@@ -256,26 +359,19 @@ def main() -> None:
         meta = policy.metadata
         print(f"{meta.algo} on {meta.env_id}: K={meta.num_steps}, obs_dim={meta.obs_dim}, act_dim={meta.act_dim}; "
               f"{args.requests} requests per mode after {args.warmup} warm-up")
-        rows = measure("inproc", lambda obs: policy.run(obs, policy.draw_noise(obs.shape[0])), meta.obs_dim, args)
-
-        for name in ("serve", "noop"):
-            extra = ["--threads", str(args.threads)]
-            proc, host, port = (start_server(model, extra) if name == "serve" else
-                                _start_noop(model, args.threads))
-            try:
-                with serve.Client(host, port, timeout=10) as client:
-                    rows += measure(name, client.act, meta.obs_dim, args)
-            finally:
-                stop_server(proc)
-
-        if not args.skip_fastapi:
-            proc, port = start_fastapi(model, args.threads)
-            try:
-                json_client = JsonClient(port)
-                rows += measure("fastapi", json_client.act, meta.obs_dim, args)
-                json_client.close()
-            finally:
-                stop_server(proc)
+        with contextlib.ExitStack() as servers:  # all running at once: measured side by side
+            acts = {"inproc": lambda obs: policy.run(obs, policy.draw_noise(obs.shape[0])),
+                    "serve": _client(servers, *start_server(model, ["--threads", str(args.threads)])),
+                    "noop": _client(servers, *_start_noop(model, args.threads))}
+            if not args.skip_fastapi:
+                proc, port = start_fastapi(model, args.threads)
+                servers.callback(stop_server, proc)
+                acts["fastapi"] = servers.enter_context(contextlib.closing(JsonClient(port))).act
+            baseline = None
+            if args.baseline:
+                baseline = servers.enter_context(contextlib.closing(Baseline(args.baseline, model, args.threads,
+                                                                             meta.obs_dim)))
+            rows = measure(acts, meta.obs_dim, args, baseline)
 
         if args.clients:
             rows += concurrency(model, meta.obs_dim, args)
@@ -286,20 +382,33 @@ def main() -> None:
     ratios = _ratios(rows)
     for key, value in ratios.items():
         print(f"{key}: {value:.2f}")
+    goals = _goals(rows)
+    for key, goal in goals.items():
+        print(f"goal (issue 18, item 5): {key} {goal['target']}: {goal['value']:.2f}, "
+              f"{'met' if goal['met'] else 'NOT met'}")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores: "
-          "this machine is shared, so absolute numbers move with the neighbours' load; compare the ratios.")
+          "absolute numbers move with the machine's load; the servers took turns, so the ratios are side by side.")
     write_results(args.out, {
         "model": {"algo": meta.algo, "env_id": meta.env_id, "num_steps": meta.num_steps, "obs_dim": meta.obs_dim,
                   "act_dim": meta.act_dim, "source": args.model or "untrained Agent('diffsac', 'Hopper-v4')"},
         "settings": {"intra_op_num_threads": args.threads, "inter_op_num_threads": 1, "spinning": False,
                      "execution_mode": "sequential", "graph_optimization": "all", "pinning": "none",
                      "requests": args.requests, "warmup": args.warmup, "rate_hz": args.rate,
+                     "order": f"interleaved: blocks of {args.block} requests (batch 1) taken by each server in turn",
                      "noise": "drawn by the server (stochastic actions)",
-                     "fastapi": "async endpoint, uvicorn default loop, http.client keep-alive client"},
-        "baseline_versions": _versions("fastapi", "uvicorn", "pydantic", "uvloop", "httptools"),
+                     "fastapi": "async endpoint; uvicorn on uvloop and httptools when installed (fastapi_versions); "
+                                "http.client keep-alive client"},
+        "serve_commits": {"measured": _commit(ROOT_CHECKOUT), "baseline": args.baseline and _commit(args.baseline)},
+        "fastapi_versions": _versions("fastapi", "uvicorn", "pydantic", "uvloop", "httptools"),
         "load_average_before_after": [load_before[0], load_after[0]],
-        "note": "shared machine (2 cores, other jobs running): absolute times are noisy; ratios are side by side",
-        "rows": rows, "ratios": ratios})
+        "note": "absolute times move with the machine's load; the servers took turns, so ratios are side by side",
+        "rows": rows, "ratios": ratios, "goals": goals})
+
+
+def _client(servers: contextlib.ExitStack, proc: subprocess.Popen, host: str, port: int) -> Callable:
+    """`serve.Client.act` on a server that `servers` stops on exit (after closing the client)."""
+    servers.callback(stop_server, proc)
+    return servers.enter_context(serve.Client(host, port, timeout=10)).act
 
 
 def _start_noop(model: str, threads: int) -> tuple[subprocess.Popen, str, int]:
@@ -310,6 +419,18 @@ def _start_noop(model: str, threads: int) -> tuple[subprocess.Popen, str, int]:
         raise RuntimeError("the no-op server did not start; its error is above")
     host, port = line.rsplit(" at ", 1)[1].strip().rsplit(":", 1)
     return proc, host, int(port)
+
+
+def _commit(checkout: str) -> str | None:
+    """The commit of `checkout`, marked when its serve/ has uncommitted changes (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "-C", checkout, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        changed = subprocess.run(["git", "-C", checkout, "status", "--porcelain", "--", "serve"], capture_output=True,
+                                 text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + (" with uncommitted changes in serve/" if changed else "")
 
 
 def _versions(*packages: str) -> dict[str, str | None]:
@@ -326,14 +447,41 @@ def _versions(*packages: str) -> dict[str, str | None]:
 
 
 def _ratios(rows: list[dict]) -> dict[str, float]:
-    p50 = {(r["server"], r["mode"], r["batch"]): r["p50_us"] for r in rows}
+    """Side-by-side ratios of p50s at batch 1, per mode; serve's floor is noop (the transport) + inproc (the chain)."""
     out = {}
-    for mode in {r["mode"] for r in rows if r["batch"] == 1}:
-        if ("fastapi", mode, 1) in p50 and ("serve", mode, 1) in p50:
-            out[f"fastapi p50 / serve p50 ({mode}, batch 1)"] = p50[("fastapi", mode, 1)] / p50[("serve", mode, 1)]
-        if ("inproc", mode, 1) in p50 and ("serve", mode, 1) in p50:
-            out[f"serve p50 - inproc p50 ({mode}, batch 1), us"] = p50[("serve", mode, 1)] - p50[("inproc", mode, 1)]
+    for mode in dict.fromkeys(r["mode"] for r in rows if r["batch"] == 1):
+        p50 = {r["server"]: r["p50_us"] for r in rows if r["mode"] == mode and r["batch"] == 1}
+        if "serve" not in p50:
+            continue
+        if "fastapi" in p50:
+            out[f"fastapi p50 / serve p50 ({mode}, batch 1)"] = p50["fastapi"] / p50["serve"]
+        for name in ("serve", "noop"):
+            if f"{name} (baseline)" in p50:
+                out[f"{name} (baseline) p50 / {name} p50 ({mode}, batch 1)"] = p50[f"{name} (baseline)"] / p50[name]
+        if "noop" in p50:
+            out[f"serve p50 / noop p50 ({mode}, batch 1)"] = p50["serve"] / p50["noop"]
+        if "noop" in p50 and "inproc" in p50:
+            floor = p50["noop"] + p50["inproc"]
+            out[f"serve p50 / (noop p50 + inproc p50) ({mode}, batch 1)"] = p50["serve"] / floor
+            out[f"serve p50 - noop p50 - inproc p50 ({mode}, batch 1), us"] = p50["serve"] - floor
+            out[f"inproc p50 / noop p50 ({mode}, batch 1): serve / noop <= 1.5 needs <= 0.5"] = \
+                p50["inproc"] / p50["noop"]
     return out
+
+
+def _goals(rows: list[dict]) -> dict[str, dict]:
+    """Issue 18's item 5, on the closed loop at batch 1: each goal's value, target and whether it is met."""
+    p50 = {r["server"]: r["p50_us"] for r in rows if r["mode"] == "closed loop" and r["batch"] == 1}
+    goals = {}
+    if "serve" in p50 and "noop" in p50:
+        value = p50["serve"] / p50["noop"]
+        goals["serve p50 / noop p50 (closed loop, batch 1)"] = {
+            "value": value, "target": f"<= {GOAL_SERVE_OVER_NOOP:g}", "met": value <= GOAL_SERVE_OVER_NOOP}
+    if "serve" in p50 and "fastapi" in p50:
+        value = p50["fastapi"] / p50["serve"]
+        goals["fastapi p50 / serve p50 (closed loop, batch 1)"] = {
+            "value": value, "target": f">= {GOAL_FASTAPI_OVER_SERVE:g}", "met": value >= GOAL_FASTAPI_OVER_SERVE}
+    return goals
 
 
 if __name__ == "__main__":
@@ -345,6 +493,8 @@ if __name__ == "__main__":
             run_noop_server(rest[0], int(rest[1]))
         elif role == "_fastapi":
             run_fastapi_server(rest[0], int(rest[1]), int(rest[2]))
+        elif role == "_baseline":
+            run_baseline(rest[0], int(rest[1]), int(rest[2]))
         elif role == "_load":
             load_client(rest[0], int(rest[1]), int(rest[2]), int(rest[3]))
         else:
