@@ -118,7 +118,9 @@ def run_fastapi_server(model: str, threads: int, port: int) -> None:
     act.__annotations__["request"] = ActRequest
     app.post("/act")(act)
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    # Keep-alive as long as serve's idle timeout (60 s; uvicorn's default is 5 s): while the other servers
+    # take their turns, this connection waits for seconds, and a reconnect would count against FastAPI.
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=60)
 
 
 def start_fastapi(model: str, threads: int) -> tuple[subprocess.Popen, int]:
