@@ -139,7 +139,7 @@ def start_fastapi(model: str, threads: int) -> tuple[subprocess.Popen, int]:
         except OSError:
             time.sleep(0.2)
     stop_server(proc)
-    raise RuntimeError("the FastAPI server did not start; is `pip install fastapi uvicorn` done?")
+    raise RuntimeError('the FastAPI server did not start; is `pip install fastapi "uvicorn[standard]"` done?')
 
 
 class JsonClient:

@@ -145,8 +145,9 @@ class OnnxPolicy:
 
         session.run checks its feed in Python, converts it to onnxruntime values and allocates the
         output on every call; through an IOBinding on fixed buffers a batch-1 call costs two small
-        copies instead: about 10 us less on the K = 8 Hopper chain (of about 90 on a 2-core AMD EPYC
-        VM). One binding serves every caller, so calls take turns on a lock.
+        copies instead: 4 to 11 us less on the K = 8 Hopper chain, which takes 90 to 140 on a loaded
+        2-core AMD EPYC VM (docs/serve_latency.md). One binding serves every caller, so calls take
+        turns on a lock.
         """
         self._one_session = self.single if self.single is not None else self.session
         self._one_obs = np.empty((1, self.obs_dim), dtype=np.float32)
