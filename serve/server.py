@@ -324,7 +324,7 @@ class PolicyServer:
         except OSError:
             data = b""
         if not data:  # the peer hung up, possibly mid-frame: that frame is dropped, queued replies still go
-            conn.inbuf.clear()
+            conn.inbuf = bytearray()  # replaced, as below, never resized under a view
             conn.partial_since = None
             conn.closing = True
             ordered.append((conn, b""))
