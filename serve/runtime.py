@@ -303,7 +303,9 @@ class OnnxPolicy:
         if obs.shape[0] == 1:
             with self._one_lock:
                 self._one_obs[...] = obs
-                if noise is not None:
+                if self.metadata.noise_input:  # never a previous call's noise (and None would write NaN)
+                    if noise is None:
+                        raise ValueError("this model's graph takes noise: pass zeros for the deterministic action")
                     self._one_noise[...] = noise
                 self._one_session.run_with_iobinding(self._one_binding)
                 return self._one_action.copy()

@@ -176,6 +176,13 @@ def test_batch_of_one_runs_on_a_shared_binding_yet_returns_its_own_actions_in_an
     np.testing.assert_allclose(got, want, atol=1e-6)  # every thread got its own observation's action
 
 
+def test_batch_of_one_without_noise_is_refused_rather_than_run_on_stale_noise(toy):
+    obs, noise = random_inputs(2, seed=3)
+    toy.run(obs[:1], noise[:1])  # leaves this call's noise in the bound input
+    with pytest.raises(ValueError, match="takes noise"):
+        toy.run(obs[1:2], None)
+
+
 def test_sample_noise_graph(tmp_path):
     policy = serve.load_policy(build_toy(tmp_path / "sample.onnx", noise_input=False), seed=5)
     assert policy.act(np.ones(OBS_DIM)).shape == (ACT_DIM,)
