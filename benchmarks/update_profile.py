@@ -9,10 +9,13 @@ DiffSAC's entropy-gap refresh (every 1,000 steps, about four updates' work).
 Comparisons, in alternating blocks of updates, per second of CPU time: `--target` times the update
 with its TD target computed by torch against onnxruntime (SAC.td_target); `--compile` with
 torch.compile'd chain sampling and critics (inductor, its RNG falling back to torch's so the math is
-the same) against eager, and the compilation, which inductor's on-disk cache shortens on a second run.
+the same) against eager, and the compilation, which inductor's on-disk cache shortens on a second run;
+`--batch-scale N` the update at N times the batch against the batch, an estimate of what N seeds trained in one
+process with seed-batched networks could gain per core.
 
     python benchmarks/update_profile.py --env Hopper-v4 --algos sac,diffsac --k 8 --target
     python benchmarks/update_profile.py --algos diffsac --compile
+    python benchmarks/update_profile.py --algos sac,diffsac,diffwpo --batch-scale 5 --acts 10
 """
 
 from __future__ import annotations
@@ -130,6 +133,20 @@ def td_target_backends(sac, batches: list, blocks: int) -> dict[str, float]:
         "onnxruntime_target": lambda: setattr(sac, "td_target", onnxruntime_target)})
 
 
+def batch_scaling(sac, blocks: int, factor: int) -> dict[str, float]:
+    """CPU milliseconds per update at the configured batch and at `factor` times it: an estimate of what training
+    `factor` seeds in one process with seed-batched networks would gain, since such an update does the same ops
+    on `factor` times the rows (distinct weights per seed turn mm into bmm, at about the same cost)."""
+    batch_size = sac.config.batch_size
+    one = [sac.buffer.sample(batch_size, sac.sampler) for _ in range(10)]
+    many = [sac.buffer.sample(factor * batch_size, sac.sampler) for _ in range(10)]
+    batches = list(one)
+    timings = alternating_cpu_ms(sac, batches, blocks, {
+        "batch": lambda: batches.__setitem__(slice(None), one),
+        f"batch_x{factor}": lambda: batches.__setitem__(slice(None), many)})
+    return {**timings, f"rows_per_cpu_second_x{factor}": factor * timings[f"x_batch_x{factor}"]}
+
+
 def profile_algorithm(algo: str, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """One algorithm's update, buffer sample, act + env step and env step alone, after a random warm-up."""
     from diffagent import Agent
@@ -148,6 +165,9 @@ def profile_algorithm(algo: str, args: argparse.Namespace) -> dict[str, dict[str
         if getattr(args, flag):
             parts[part] = compare(sac, batches, args.blocks)
             print(algo, part, {k: v for k, v in parts[part].items() if k != "blocks"}, flush=True)
+    if args.batch_scale:
+        parts["batch scaling"] = batch_scaling(sac, args.blocks, args.batch_scale)
+        print(algo, "batch scaling", {k: v for k, v in parts["batch scaling"].items() if k != "blocks"}, flush=True)
     sac.config.gradient_steps = 0  # train_iteration now acts with the policy and steps the env, nothing else
     sac.config.calibrate_entropy = False
     parts["act + env step"] = profile_ms(sac.train_iteration, args.acts)
@@ -166,8 +186,10 @@ def main() -> None:
     parser.add_argument("--acts", type=int, default=500)
     parser.add_argument("--target", action="store_true", help="also time the TD target in torch against onnxruntime")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile against eager")
-    parser.add_argument("--blocks", type=int, default=12, help="--target, --compile: alternating blocks of 10 "
-                                                               "updates")
+    parser.add_argument("--batch-scale", type=int, default=0, metavar="N",
+                        help="also time updates at N times the batch (the case for seed-batched training)")
+    parser.add_argument("--blocks", type=int, default=12, help="--target, --compile, --batch-scale: alternating "
+                                                               "blocks of 10 updates")
     parser.add_argument("--out", default="benchmarks/results/update_profile.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
