@@ -57,7 +57,7 @@ sys.path.insert(0, ROOT_CHECKOUT)
 from common import markdown_table, write_results  # noqa: E402
 
 import serve  # noqa: E402
-from serve.demo import start_server, stop_server  # noqa: E402
+from serve.demo import launch_server, start_server, stop_server  # noqa: E402
 
 BATCH_LARGE = 1024
 _READY_TIMEOUT = 60.0
@@ -414,13 +414,7 @@ def _client(servers: contextlib.ExitStack, proc: subprocess.Popen, host: str, po
 
 
 def _start_noop(model: str, threads: int) -> tuple[subprocess.Popen, str, int]:
-    proc = subprocess.Popen([sys.executable, __file__, "_noop", model, str(threads)], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("serving "):
-        stop_server(proc)
-        raise RuntimeError("the no-op server did not start; its error is above")
-    host, port = line.rsplit(" at ", 1)[1].strip().rsplit(":", 1)
-    return proc, host, int(port)
+    return launch_server([sys.executable, __file__, "_noop", model, str(threads)])
 
 
 def _commit(checkout: str) -> str | None:

@@ -46,7 +46,7 @@ from common import markdown_table, write_results  # noqa: E402
 from serve_latency import ROOT_ENV  # noqa: E402
 
 import serve  # noqa: E402
-from serve.demo import stop_server  # noqa: E402
+from serve.demo import launch_server, stop_server  # noqa: E402
 from serve.protocol import HEADER, MAGIC, VERSION, DType, MsgType  # noqa: E402
 
 LATENCY_SCRIPT = str(Path(__file__).with_name("serve_latency.py"))
@@ -63,18 +63,6 @@ def run_floor_server(act_dim: int) -> None:
     while data := conn.recv(1 << 16):
         reply[8:12] = data[8:12]  # the request id, at the same offset in both headers
         conn.sendall(reply)
-
-
-def start(command: list[str], cwd: str | None = None,
-          env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str, int]:
-    """Run a server that prints `... at HOST:PORT` first; (process, host, port)."""
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
-    line = proc.stdout.readline()
-    if " at " not in line:
-        stop_server(proc)
-        raise RuntimeError(f"{command} did not start; its error is above")
-    host, port = line.rsplit(" at ", 1)[1].strip().rsplit(":", 1)
-    return proc, host, int(port)
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -150,7 +138,7 @@ def main() -> None:
         clients = {}
         for name, (command, checkout) in commands.items():
             env = None if checkout is None else {**os.environ, ROOT_ENV: checkout}
-            proc, host, port = start(command, cwd=checkout, env=env)
+            proc, host, port = launch_server(command, cwd=checkout, env=env)
             servers.callback(stop_server, proc)
             clients[name] = (proc, servers.enter_context(serve.Client(host, port, timeout=10)))
         for _, client in clients.values():  # warm-up

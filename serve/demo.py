@@ -15,7 +15,7 @@ import selectors
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,8 +29,15 @@ def start_server(model: str, extra_args: Sequence[str] = ()) -> tuple[subprocess
 
     The server's stderr is this process's, so its errors show where the user looks.
     """
-    proc = subprocess.Popen([sys.executable, "-m", "serve.server", model, "--port", "0", *extra_args],
-                            stdout=subprocess.PIPE, text=True)
+    return launch_server([sys.executable, "-m", "serve.server", model, "--port", "0", *extra_args])
+
+
+def launch_server(command: Sequence[str], cwd: str | None = None,
+                  env: Mapping[str, str] | None = None) -> tuple[subprocess.Popen, str, int]:
+    """Run a server whose first line of output is `serving ... at HOST:PORT`; (process, host, port) once it
+    listens, or SystemExit if it exits or stays silent for a minute."""
+    proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, text=True, cwd=cwd,
+                            env=None if env is None else dict(env))
     selector = selectors.DefaultSelector()
     selector.register(proc.stdout, selectors.EVENT_READ)
     ready = selector.select(_START_TIMEOUT)
@@ -39,8 +46,9 @@ def start_server(model: str, extra_args: Sequence[str] = ()) -> tuple[subprocess
     if not line.startswith("serving "):
         exited = proc.poll() is not None
         stop_server(proc)
-        raise SystemExit("the policy server exited; its error is above" if exited else
-                         f"the policy server did not start within {_START_TIMEOUT:.0f} s")
+        what = " ".join(command)
+        raise SystemExit(f"the server ({what}) exited; its error is above" if exited else
+                         f"the server ({what}) did not start within {_START_TIMEOUT:.0f} s")
     host, port = line.rsplit(" at ", 1)[1].strip().rsplit(":", 1)
     return proc, host, int(port)
 
