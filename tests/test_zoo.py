@@ -1,6 +1,7 @@
 """The zoo: shipped models load and act (torch and ONNX agree), grid and hyperparameter files parse,
 and `zoo add` copies a run's artifact whole or not at all."""
 
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ from click.testing import CliRunner
 import serve
 from diffagent import Agent, ArtifactError
 from diffagent.bench import load_grid
+from diffagent.bench.grid import load_hyperparameters, split_env_settings
 from diffagent.bench.sb3 import is_sb3
 from diffagent.cli import main
+from diffagent.config import ALGORITHMS, make_config
 from diffagent.zoo import add_to_zoo, zoo_models
 
 pytestmark = pytest.mark.artifacts
@@ -26,6 +29,20 @@ def test_every_grid_and_its_hyperparameters_parse(grid):
     # an SB3 run's settings are rl-baselines3-zoo's, named in diffagent/bench/sb3.py
     assert jobs and all(job.hyperparams is not None for job in jobs if not is_sb3(job.algo)), \
         "a zoo run must name its settings"
+
+
+@pytest.mark.parametrize("env_file", sorted((ZOO / "hyperparams").glob("*.toml")), ids=lambda p: p.stem)
+def test_each_diffusion_algorithm_in_the_zoo_shares_its_bases_settings(env_file):
+    """A fair pair: on every env a Diff* algorithm trains with its Gaussian base's run and algorithm settings,
+    so that the policy is all that differs between them."""
+    def config(algo):
+        return make_config(algo, split_env_settings(load_hyperparameters(env_file, algo), str(env_file))[0])
+
+    tables = tomllib.loads(env_file.read_text())
+    for diffusion, spec in ALGORITHMS.items():
+        if diffusion != spec.family and diffusion in tables and spec.family in tables:
+            ours, theirs = config(diffusion), config(spec.family)
+            assert ours.run == theirs.run and ours.algorithm == theirs.algorithm, f"{diffusion} vs {spec.family}"
 
 
 def test_the_zoo_ships_models():
