@@ -320,7 +320,7 @@ def test_sb3_runs_beside_diffagent_and_the_report_rebuilds_from_the_archive_alon
     report = write_report(grid)
     text = report.read_text()
     assert "| Pendulum-v1 | sb3-sac | 200 | 2 |" in text and "stochastic IQM" in text
-    assert "| 200 | sac | sb3-sac | Pendulum-v1 | 2 vs 2 |" in text and "no interval below 5 seeds" in text
+    assert "| 200 | sac | sb3-sac | Pendulum-v1 | 2 vs 2 |" in text and "- (needs 5 seeds of both)" in text
     assert "## Sample efficiency" in text and "diffagent bench sb3 --algo sb3-sac" in text
     tables, numbers = table_lines(report), json.loads((report.parent / "tiny.json").read_text())
 
@@ -362,10 +362,12 @@ def test_sb3_settings_and_algorithm_names_are_checked_when_the_grid_is_read(tmp_
         load_grid(grid)
 
 
-def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool = True) -> None:
-    """What archive_run keeps of a finished run, made up: its curve and results."""
+def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool | set[int] = True) -> None:
+    """What archive_run keeps of a finished run, made up: its curve and results; the stochastic return at every
+    evaluation, none, or at the steps given."""
     folder.mkdir(parents=True)
-    records = [{"step": step, "eval_return": value, **({"eval_return_stochastic": value - 50} if stochastic else {})}
+    records = [{"step": step, "eval_return": value,
+                **({"eval_return_stochastic": value - 50} if stochastic is True or step in (stochastic or ()) else {})}
                for step, value in curve.items()]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     (folder / "results.json").write_text(json.dumps({"total_steps": max(curve), "train_time_s": 10.0}))
@@ -380,7 +382,9 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
             for seed in range(5):
                 final = scale * (1000 + 100 * seed + shift)
                 write_archived_run(archive / env / algo / f"s{seed}", {50: final / 2, 100: final},
-                                   stochastic=seed != 4)  # seed 4 recorded before the stochastic return was
+                                   # seed 4 recorded before the stochastic return was; seed 3's lacks the last one
+                                   stochastic={4: False, 3: {50}}.get(seed, True))
+    write_archived_run(archive / "Hopper-v4" / "sb3-sac" / "s0", {50: 500.0, 100: 900.0})  # one seed, one env
     references = tmp_path / "references.toml"
     references.write_text('[[normalization]]\nenv = "Hopper-v4"\nrandom = 0.0\nexpert = 2000.0\nsource = "test"\n'
                           '[[normalization]]\nenv = "Walker2d-v4"\nrandom = 0.0\nexpert = 4000.0\nsource = "test"\n')
@@ -398,13 +402,24 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
         seeds = [0, 1, 2, 3, 4]
         steps = 100
         eval_every = 50
+        [[experiment]]
+        envs = ["Hopper-v4"]
+        algos = ["sb3-sac"]
+        seeds = [0]
+        steps = 100
+        eval_every = 50
     """))
     grid = load_grid(grid_file)
     text = write_report(grid, grid.references, echo=lambda _: None).read_text()
     assert "| Hopper-v4 | diffsac | 100 | 5 | 1,500.0 [95% CI " in text
-    assert "[min-max 1,250.0, 1,550.0]" in text  # the stochastic return of the 4 seeds that recorded it
+    assert "1,500.0 +/- 158.1 |" in text  # the sample std over seeds
+    # the stochastic return of the seeds that recorded it at the budget's evaluation, never an earlier one
+    assert "[min-max 1,250.0, 1,450.0] (3 of the 5 seeds) |" in text
+    assert "| 100 | diffsac | sb3-sac | Hopper-v4 | 5 vs 1 | - (needs 5 seeds of both) |" in text
     assert "| 100 | diffsac | sac | Hopper-v4 + Walker2d-v4 | 5 vs 5 | 0.92 [95% CI 0.78, 1.00] |" in text
     assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.75 [95% CI " in text  # IQM of normalised scores
+    # an algorithm missing from an env is named, and the others keep both envs
+    assert "| 100 | Hopper-v4, Walker2d-v4 | sb3-sac | - | not on every env yet (none finished on Walker2d-v4) |" in text
     assert ("| Hopper-v4 | 1,350 | 100 | diffsac | 4 of 5 | 100 [95% CI 100, not by 100] | "
             "not by 100, 100, 100, 100, 100 |") in text  # seed 0 ended at 1,300
     numbers = json.loads((tmp_path / "results" / "five.json").read_text())

@@ -35,7 +35,7 @@ from diffagent.bench.grid import (STOCHASTIC_RETURN, Grid, algo_family, archive_
 from diffagent.bench.plots import plot_curves, plot_summary
 from diffagent.bench.sb3 import is_sb3
 from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
-                                   score_at, seed_interval, step_at, steps_to_reach)
+                                   seed_interval, step_at, steps_to_reach)
 from diffagent.errors import ConfigError
 from diffagent.io import RESULTS_FILE, WEIGHTS_FILE, write_json
 from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, MODE_RADIUS, make_bandit, mode_coverage,
@@ -138,14 +138,14 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
             scores, stochastic, times, missing, partial = {}, {}, [], [], {}
             for job in jobs:
                 curve = curves.deterministic[job.run_dir]
-                score = score_at(curve, budget)
-                if score is None:
+                step = step_at(curve, budget)
+                if step is None:
                     missing.append(job.seed)
                     if curve:  # stopped (or still running) short of the budget: say how far it got
                         partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
-                scores[job.seed] = score
-                stochastic_score = score_at(curves.stochastic[job.run_dir], budget)
+                scores[job.seed] = curve[step]
+                stochastic_score = curves.stochastic[job.run_dir].get(step)  # the same evaluation's
                 if stochastic_score is not None:  # absent from runs recorded before it was
                     stochastic[job.seed] = stochastic_score
                 speed = _steps_per_second(job.source_dir())
@@ -157,7 +157,8 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                    "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
-                row.update(_iqm_with_interval(values), mean=float(np.mean(values)), std=float(np.std(values)))
+                row.update(_iqm_with_interval(values), mean=float(np.mean(values)),
+                           std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)  # the sample std, as references'
             if stochastic:
                 row["stochastic"] = _iqm_with_interval(list(stochastic.values()))
             rows.append(row)
@@ -178,9 +179,11 @@ def _format_row(row: dict[str, Any]) -> list[str]:
     seeds = len(row["seeds"])
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
     spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}" if seeds > 1 else "-"
-    stochastic = row.get("stochastic")
-    stochastic_cell = (_format_centre(stochastic["iqm"], stochastic["interval"], *stochastic["ci"],
-                                      len(row["stochastic_scores"])) if stochastic else "-")
+    stochastic, stochastic_seeds = row.get("stochastic"), len(row["stochastic_scores"])
+    stochastic_cell = (_format_centre(stochastic["iqm"], stochastic["interval"], *stochastic["ci"], stochastic_seeds)
+                       if stochastic else "-")
+    if stochastic and stochastic_seeds != seeds:  # runs recorded before the stochastic return was
+        stochastic_cell += f" ({stochastic_seeds} of the {seeds} seeds)"
     return [row["env"], row["algo"], f"{row['steps']:,}", str(seeds),
             _format_centre(row["iqm"], row["interval"], *row["ci"], seeds), spread, stochastic_cell, speed,
             row["reference"]]
@@ -244,8 +247,8 @@ def improvements(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _format_probability(entry: dict[str, Any]) -> str:
-    if entry["ci"] is None:
-        return f"{entry['p']:.2f} (no interval below {MIN_SEEDS_FOR_CI} seeds)"
+    if entry["ci"] is None:  # no comparison is claimed from fewer seeds: the estimate stays in the JSON
+        return f"- (needs {MIN_SEEDS_FOR_CI} seeds of both)"
     return f"{entry['p']:.2f} [95% CI {entry['ci'][0]:.2f}, {entry['ci'][1]:.2f}]"
 
 
@@ -256,19 +259,23 @@ def improvements_table(comparisons: list[dict[str, Any]]) -> str:
 
 
 def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per budget, over the envs with a normalisation that every algorithm at that budget has finished seeds on:
-    each algorithm's IQM of normalised scores (over seeds and envs, with its stratified-bootstrap interval from
-    5 seeds, min-max below), and the performance profiles."""
+    """Per budget, over every env of the grid at that budget with a normalisation: each algorithm's IQM of
+    normalised scores (over seeds and envs, with its stratified-bootstrap interval from 5 seeds, min-max below),
+    and the performance profiles. An algorithm without finished seeds on all those envs is left out and named in
+    `incomplete` with the envs it lacks, rather than narrowing the envs of every other."""
     groups = []
     for budget, at in _rows_at(rows).items():
         algos = list(dict.fromkeys(algo for _, algo in at))
-        envs = [env for env in dict.fromkeys(env for env, _ in at) if env in normalization
-                and all((env, algo) in at for algo in algos)]
+        envs = [env for env in dict.fromkeys(row["env"] for row in rows if row["steps"] == budget) if env in normalization]
+        incomplete = {algo: [env for env in envs if (env, algo) not in at] for algo in algos}
+        incomplete = {algo: lacking for algo, lacking in incomplete.items() if lacking}
         if not envs:
             continue
         scale = np.array([[normalization[env]["random"], normalization[env]["expert"]] for env in envs])
         matrices, entries = {}, []
         for algo in algos:
+            if algo in incomplete:
+                continue
             seeds, raw = _seed_matrix(at, algo, envs)
             if not seeds:
                 continue
@@ -280,8 +287,8 @@ def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, A
             continue
         every_score = np.concatenate([matrix.ravel() for matrix in matrices.values()])
         thresholds = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 81)
-        groups.append({"steps": budget, "envs": envs, "algos": entries, "thresholds": thresholds,
-                       "profiles": performance_profile(matrices, thresholds)})
+        groups.append({"steps": budget, "envs": envs, "algos": entries, "incomplete": incomplete,
+                       "thresholds": thresholds, "profiles": performance_profile(matrices, thresholds)})
     return groups
 
 
@@ -289,7 +296,9 @@ def across_envs_table(groups: list[dict[str, Any]]) -> str:
     return _table(["steps", "envs", "algo", "seeds", "IQM of normalised scores [interval]"],
                   [[f"{g['steps']:,}", ", ".join(g["envs"]), e["algo"], str(e["seeds"]),
                     _format_centre(e["iqm"], e["band"], e["low"], e["high"], e["seeds"], digits=2)]
-                   for g in groups for e in g["algos"]])
+                   for g in groups for e in g["algos"]]
+                  + [[f"{g['steps']:,}", ", ".join(g["envs"]), algo, "-", f"not on every env yet (none finished on "
+                      f"{', '.join(lacking)})"] for g in groups for algo, lacking in g["incomplete"].items()])
 
 
 def sample_efficiency(grid: Grid, rows: list[dict[str, Any]], curves: _Curves) -> list[dict[str, Any]]:
@@ -442,7 +451,8 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              "cores) with " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()) + ".",
              "Score: evaluation return at the step budget (the mean over the evaluation episodes of each seed; "
              "deterministic, and stochastic beside it); IQM across seeds, with a stratified-bootstrap 95% interval "
-             f"(rliable) from {MIN_SEEDS_FOR_CI} seeds on and the seeds' min-max below; steps/s is the "
+             f"(rliable) from {MIN_SEEDS_FOR_CI} seeds on and the seeds' min-max below; mean +/- the sample std "
+             "over seeds; steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]
@@ -452,7 +462,8 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
         lines += ["## Probability of improvement", "",
                   "P(a run of algo scores above a run of the other on the same env), rliable's Mann-Whitney estimate, "
                   "averaged over envs in the rows that join several (on the seeds finished on all of them); 0.5 is a "
-                  f"tie. Its stratified-bootstrap 95% interval needs {MIN_SEEDS_FOR_CI} seeds of both.", "",
+                  f"tie. It is printed with its stratified-bootstrap 95% interval once both have {MIN_SEEDS_FOR_CI} "
+                  "seeds: no comparison is claimed from fewer (the JSON keeps the estimate).", "",
                   improvements_table(comparisons), ""]
     if groups:
         lines += ["## Across envs", "",
@@ -460,8 +471,9 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
                   "file's [[normalization]]: " + "; ".join(f"{env} {n['random']:,.1f} to {n['expert']:,.1f} "
                                                           f"({n['source']})" for env, n in normalization.items()
                                                           if any(env in g["envs"] for g in groups)) +
-                  "); IQM over seeds and envs, on the seeds finished on every env. The performance profile gives "
-                  "the fraction of runs above each normalised score.", "",
+                  "); IQM over seeds and envs, on the seeds finished on every env; an algorithm with no finished seed "
+                  "on one of the envs is named, not scored. The performance profile gives the fraction of runs "
+                  "above each normalised score.", "",
                   across_envs_table(groups), ""]
         if summary_png is not None:
             lines += [f"![summary across envs]({summary_png.name})", ""]

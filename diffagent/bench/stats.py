@@ -54,7 +54,7 @@ def _bootstrap(scores: Any, statistic: Callable[..., Any], samples: int, seed: i
         _, intervals = library.get_interval_estimates({"scores": scores}, statistic, reps=samples,
                                                       confidence_interval_size=CONFIDENCE)
     # a bound between two infinite resamples (runs that never reached a return) comes out NaN: it is infinite
-    return np.nan_to_num(np.asarray(intervals["scores"], dtype=np.float64), nan=np.inf)
+    return np.nan_to_num(np.asarray(intervals["scores"], dtype=np.float64), nan=np.inf, posinf=np.inf)
 
 
 def score_matrix(values: Iterable[float] | np.ndarray) -> np.ndarray:
