@@ -288,6 +288,10 @@ class DiffusionPolicyConfig(PolicyConfig):
     step_size_min: float = hyperparameter(0.01, "Diffusion policy: step size eta of the last denoising step.",
                                           positive)
     learn_step_size: bool = hyperparameter(True, "Diffusion policy: learn eta per step and action dimension.")
+    learn_backward_kernel: bool = hyperparameter(False, "Diffusion policy: give the backward kernel a network of its "
+                                                        "own (a drift and a scale), trained on the same objective, so "
+                                                        "that -E[L] closes in on the entropy "
+                                                        "(docs/algorithms.md, section 2).")
 
 
 @dataclass

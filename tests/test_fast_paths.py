@@ -15,7 +15,8 @@ from diffagent.algos.replay import Batch, ReplayBuffer
 pytestmark = pytest.mark.math
 
 TINY = {"policy_hidden_sizes": (32, 32), "critic_hidden_sizes": (32, 32), "learning_starts": 0}
-ALGOS = [("sac", {}), ("diffsac", {"diffusion_steps": 3}), ("wpo", {}), ("diffwpo", {"diffusion_steps": 3})]
+ALGOS = [("sac", {}), ("diffsac", {"diffusion_steps": 3}), ("wpo", {}), ("diffwpo", {"diffusion_steps": 3}),
+         ("diffsac", {"diffusion_steps": 3, "learn_backward_kernel": True})]  # the target scores with g_phi, h_phi
 
 
 def _batch(n=64, obs_dim=3, act_dim=1, seed=0):

@@ -100,9 +100,12 @@ def test_natural_gradient_keeps_values_and_scales_gradients_by_the_inverse_fishe
 
 
 @pytest.mark.math
-def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_chain():
-    """g_{k+1}: rerun the chain from each x_{k+1} with its noise fixed and differentiate the future."""
-    agent, wpo = _perturbed("diffwpo", diffusion_steps=3, fisher_preconditioning=False)  # the raw signals
+@pytest.mark.parametrize("learn_backward_kernel", [False, True])
+def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_chain(learn_backward_kernel):
+    """g_{k+1}: rerun the chain from each x_{k+1} with its noise fixed and differentiate the future. With a learned
+    backward kernel its network's gradient is the direct term's."""
+    agent, wpo = _perturbed("diffwpo", diffusion_steps=3, fisher_preconditioning=False,  # the raw signals
+                            learn_backward_kernel=learn_backward_kernel)
     policy, alpha, k_steps = wpo.policy, 0.4, 3
     obs = torch.randn(8, 3)
     torch.manual_seed(3)
@@ -129,7 +132,7 @@ def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_c
         for j in range(k, k_steps):
             i = j - k
             fm, fs = policy.forward_kernel(context, future[:, i], j)
-            bm, bs = policy.backward_kernel(future[:, i + 1], j)
+            bm, bs = policy.backward_kernel(context, future[:, i + 1], j)
             ratios.append(gaussian_log_prob(future[:, i + 1], fm, fs) - gaussian_log_prob(future[:, i], bm, bs))
         x_k = future[:, -1]
         squash = -torch.log(1 - torch.tanh(x_k) ** 2).sum(-1)
@@ -139,8 +142,7 @@ def test_diffusion_signals_equal_the_soft_value_gradient_along_the_rest_of_the_c
     signal = torch.stack(signals, 1)
     mean, log_std = policy.kernels(obs, chain)
     score = (mean - chain[:, 1:]) * torch.exp(-2 * log_std)
-    back_mean, back_log_std = policy.backward_kernel(chain[:, 1:], torch.arange(k_steps))
-    backward = gaussian_log_prob(chain[:, :-1], back_mean, back_log_std).sum(-1)
+    backward = policy.backward_log_probs(obs, chain).sum(-1)
     policy.zero_grad()
     (-(score * signal).sum((1, 2)).mean() - alpha * backward.mean()).backward()
     torch.testing.assert_close(ours, _grads(policy), rtol=2e-3, atol=1e-5)

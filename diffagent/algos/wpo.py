@@ -120,7 +120,7 @@ class WPO(SAC):
         score = (score_mean - chain[:, 1:]) * torch.exp(-2.0 * score_log_std)  # grad_{x_{k+1}} log q_theta
         wpo_loss = -(score * signal).sum((1, 2)).mean()
         # The direct dependence of L on a learned backward kernel (see the module docstring).
-        log_backward = policy.backward_log_probs(chain).sum(-1)
+        log_backward = policy.backward_log_probs(raw_obs, chain).sum(-1)
         backward_term = -alpha * (log_backward - log_backward.detach()).mean()  # its gradient, with value 0
 
         with torch.no_grad():

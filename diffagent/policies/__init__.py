@@ -20,4 +20,5 @@ def make_policy(config: PolicyConfig, obs_dim: int, action_low, action_high) -> 
     assert isinstance(config, DiffusionPolicyConfig), f"no policy for {type(config).__name__}"
     return DiffusionPolicy(obs_dim, act_dim, action_low, action_high, num_steps=config.diffusion_steps,
                            prior_std=config.prior_std, step_size_max=config.step_size_max,
-                           step_size_min=config.step_size_min, learn_step_size=config.learn_step_size, **common)
+                           step_size_min=config.step_size_min, learn_step_size=config.learn_step_size,
+                           learn_backward_kernel=config.learn_backward_kernel, **common)

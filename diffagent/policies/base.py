@@ -3,7 +3,7 @@
 A policy is a pure function of (observation, noise): the noise of every step is an input of
 shape (B, K+1, act_dim), where noise[:, 0] draws x_0 from the prior and noise[:, k+1] drives step
 k. Zero noise gives the deterministic action. Subclasses say what the prior, the learned forward
-kernel and the fixed backward kernel are; sampling and scoring live here, once.
+kernel and the backward kernel (fixed, or learned too) are; sampling and scoring live here, once.
 """
 
 from __future__ import annotations
@@ -69,16 +69,18 @@ class Policy(nn.Module):
         """q_theta(x_{k+1} | x_k, s, k) for x = x_k of shape (B, A) or (B, K, A)."""
         raise NotImplementedError
 
-    def backward_kernel(self, x_next: torch.Tensor, step: int | torch.Tensor) -> Kernel:
-        """p(x_k | x_{k+1}), the fixed noising kernel."""
+    def backward_kernel(self, context: Any, x_next: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+        """p(x_k | x_{k+1}, s, k), the noising kernel along which L scores a chain, for x_next of shape (B, A) or
+        (B, K, A) (with the context's step axis inserted, as `forward_kernel`'s)."""
         raise NotImplementedError
 
     # --- sampling and scoring, shared by every policy -----------------------------------------
     def noise_shape(self, batch: int) -> tuple[int, int, int]:
         return (batch, self.num_steps + 1, self.act_dim)
 
-    def _run_chain(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[list[torch.Tensor], list[Kernel]]:
-        """The states x_0 .. x_K and the forward kernels that produced them (unstacked: acting needs only x_K)."""
+    def _run_chain(self, obs: torch.Tensor, noise: torch.Tensor) -> tuple[Any, list[torch.Tensor], list[Kernel]]:
+        """The context, the states x_0 .. x_K and the forward kernels that produced them (unstacked: acting needs
+        only x_K)."""
         context = self.context(self.obs_normalizer(obs))
         noise = noise.clamp(-NOISE_LIMIT, NOISE_LIMIT)
         x = noise[:, 0] * torch.exp(self.prior_log_std())
@@ -88,7 +90,7 @@ class Policy(nn.Module):
             x = (mean + torch.exp(log_std) * noise[:, k + 1]).clamp(-LATENT_LIMIT, LATENT_LIMIT)
             states.append(x)
             kernels.append((mean, log_std))
-        return states, kernels
+        return context, states, kernels
 
     def sample(self, obs: torch.Tensor, noise: torch.Tensor | None = None,
                deterministic: bool = False) -> PolicySample:
@@ -100,33 +102,38 @@ class Policy(nn.Module):
         if noise is None:
             shape = self.noise_shape(obs.shape[0])
             noise = torch.zeros(shape, device=obs.device) if deterministic else torch.randn(shape, device=obs.device)
-        states, kernels = self._run_chain(obs, noise)
+        context, states, kernels = self._run_chain(obs, noise)
         chain = torch.stack(states, dim=1)
         # x_{k+1} = mean_k + std_k * noise_{k+1}: the standardised residual of every step *is* its noise, so
         # log q_theta(x_{k+1} | x_k) needs no residuals; value and reparameterised gradient are unchanged
         log_stds = torch.stack([log_std for _, log_std in kernels], dim=1)
         forward = (-0.5 * noise[:, 1:].square() - log_stds - LOG_SQRT_2PI).sum(-1)
-        return PolicySample(torch.tanh(chain[:, -1]), chain, self._complete_log_probs(chain, forward))
+        return PolicySample(torch.tanh(chain[:, -1]), chain, self._complete_log_probs(context, chain, forward))
 
     def score(self, obs: torch.Tensor, chain: torch.Tensor) -> ChainLogProbs:
         """Per-step log-probabilities of given chains (B, K+1, A), all K steps in one batched pass."""
-        mean, log_std = self.kernels(obs, chain)
-        return self._complete_log_probs(chain, gaussian_log_prob(chain[:, 1:], mean, log_std))
+        context = self.context(self.obs_normalizer(obs))
+        mean, log_std = self.forward_kernel(_per_step(context), chain[:, :-1], self._steps(chain))
+        return self._complete_log_probs(context, chain, gaussian_log_prob(chain[:, 1:], mean, log_std))
 
     def kernels(self, obs: torch.Tensor, chain: torch.Tensor) -> Kernel:
         """(mean, log_std) of every forward kernel q_theta(. | x_k, s, k) along given chains, each (B, K, A)."""
         context = self.context(self.obs_normalizer(obs))
-        steps = torch.arange(self.num_steps, device=chain.device)
-        return self.forward_kernel(_per_step(context), chain[:, :-1], steps)
+        return self.forward_kernel(_per_step(context), chain[:, :-1], self._steps(chain))
 
-    def _complete_log_probs(self, chain: torch.Tensor, forward: torch.Tensor) -> ChainLogProbs:
+    def backward_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
+        """log p(x_k | x_{k+1}, s, k) of every step of given chains, (B, K), in one batched pass."""
+        return self._backward_log_probs(self.context(self.obs_normalizer(obs)), chain)
+
+    def _steps(self, chain: torch.Tensor) -> torch.Tensor:
+        return torch.arange(self.num_steps, device=chain.device)
+
+    def _complete_log_probs(self, context: Any, chain: torch.Tensor, forward: torch.Tensor) -> ChainLogProbs:
         prior = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), self.prior_log_std())
-        return ChainLogProbs(prior, forward, self.backward_log_probs(chain), -tanh_log_det(chain[:, -1]))
+        return ChainLogProbs(prior, forward, self._backward_log_probs(context, chain), -tanh_log_det(chain[:, -1]))
 
-    def backward_log_probs(self, chain: torch.Tensor) -> torch.Tensor:
-        """log p(x_k | x_{k+1}) of every step of given chains, (B, K), in one batched pass."""
-        steps = torch.arange(self.num_steps, device=chain.device)
-        back_mean, back_log_std = self.backward_kernel(chain[:, 1:], steps)
+    def _backward_log_probs(self, context: Any, chain: torch.Tensor) -> torch.Tensor:
+        back_mean, back_log_std = self.backward_kernel(_per_step(context), chain[:, 1:], self._steps(chain))
         return gaussian_log_prob(chain[:, :-1], back_mean, back_log_std)
 
     def to_env_action(self, squashed: torch.Tensor) -> torch.Tensor:
@@ -136,7 +143,7 @@ class Policy(nn.Module):
 
     def squashed_action(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The action in [-1, 1], with no log-probabilities computed (the acting path)."""
-        states, _ = self._run_chain(obs, noise)
+        _, states, _ = self._run_chain(obs, noise)
         return torch.tanh(states[-1])
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,13 @@
 
     x_0 ~ N(0, sigma_0^2 I)
     x_{k+1} ~ q_theta(. | x_k, s, k) = N(x_k + eta_k [grad log p_0(x_k) + f_theta(x_k, s, k)], 2 eta_k I)
-    p(x_k | x_{k+1})               = N(x_{k+1} + eta_k grad log p_0(x_{k+1}), 2 eta_k I)   (no network)
+    p(x_k | x_{k+1}, s, k)         = N(x_{k+1} + eta_k [grad log p_0(x_{k+1}) + g_phi(x_{k+1}, s, k)],
+                                       2 eta_k exp(2 h_phi(x_{k+1}, s, k)) I)
     a = tanh(x_K)
+
+g_phi = h_phi = 0 (no network) unless `learn_backward_kernel`: then a second network, trained on the same
+objective E[L], fits the backward kernel's mean and scale to the chain's true reverse, which closes the gap
+between -E[L] and the entropy (docs/algorithms.md, section 10).
 """
 
 from __future__ import annotations
@@ -26,31 +31,30 @@ class DiffusionPolicy(Policy):
     The last layer starts near zero, so the untrained chain is a Langevin walk on the prior.
     Step sizes eta_k start on a linear schedule from `step_size_max` (first step) down to
     `step_size_min` (last step, which sets the finest noise the policy can reach) and are learned
-    per step and action dimension when `learn_step_size` is set.
+    per step and action dimension when `learn_step_size` is set. With `learn_backward_kernel` the
+    backward kernel gets its own drift network g_phi(x_{k+1}, s, k) (`BackwardDrift`).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, action_low: torch.Tensor, action_high: torch.Tensor, *,
                  num_steps: int = 8, hidden_sizes: Sequence[int] = (256, 256), activation: str = "gelu",
                  normalize_obs: bool = False, prior_std: float = 1.0, step_size_max: float = 0.1,
-                 step_size_min: float = 0.01, learn_step_size: bool = True):
+                 step_size_min: float = 0.01, learn_step_size: bool = True, learn_backward_kernel: bool = False):
         super().__init__(obs_dim, act_dim, num_steps, action_low, action_high, normalize_obs)
-        width = hidden_sizes[0]
-        self.obs_in = nn.Linear(obs_dim, width)
-        self.latent_in = nn.Linear(act_dim, width, bias=False)
-        self.step_embedding = nn.Parameter(torch.randn(num_steps, width) * 0.1)
-        layers: list[nn.Module] = [ACTIVATIONS[activation]()]
-        for w_in, w_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
-            layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
-        head = nn.Linear(hidden_sizes[-1], act_dim)
-        nn.init.uniform_(head.weight, -1e-3, 1e-3)
-        nn.init.zeros_(head.bias)
-        self.drift = nn.Sequential(*layers, head)
+        self.obs_in, self.latent_in, self.step_embedding, self.drift = drift_layers(obs_dim, act_dim, num_steps,
+                                                                                   hidden_sizes, activation, act_dim)
+        nn.init.uniform_(self.drift[-1].weight, -1e-3, 1e-3)
         self.register_buffer("log_prior_std", torch.tensor(math.log(prior_std)))
         schedule = torch.linspace(step_size_max, step_size_min, num_steps).log()
         self.log_step_size = nn.Parameter(schedule[:, None].repeat(1, act_dim), requires_grad=learn_step_size)
+        # made last, so that the forward chain's initial weights are the same with and without it
+        self.backward_drift = (BackwardDrift(obs_dim, act_dim, num_steps, hidden_sizes, activation)
+                               if learn_backward_kernel else None)
 
-    def context(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.obs_in(obs)
+    def context(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The state's share of each drift network's first layer, computed once per chain."""
+        if self.backward_drift is None:
+            return (self.obs_in(obs),)
+        return self.obs_in(obs), self.backward_drift.obs_in(obs)
 
     def prior_log_std(self) -> torch.Tensor:
         return self.log_prior_std
@@ -62,11 +66,48 @@ class DiffusionPolicy(Policy):
         log_eta = self.log_step_size[step]
         return torch.exp(log_eta), 0.5 * (math.log(2.0) + log_eta)  # eta_k and log sqrt(2 eta_k)
 
-    def forward_kernel(self, context: torch.Tensor, x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+    def forward_kernel(self, context: tuple[torch.Tensor, ...], x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
         eta, log_std = self._step(step)
-        f = self.drift(context + self.latent_in(x) + self.step_embedding[step])
+        f = self.drift(context[0] + self.latent_in(x) + self.step_embedding[step])
         return x + eta * (self._prior_score(x) + f), log_std.expand_as(x)
 
-    def backward_kernel(self, x_next: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+    def backward_kernel(self, context: tuple[torch.Tensor, ...], x_next: torch.Tensor,
+                        step: int | torch.Tensor) -> Kernel:
         eta, log_std = self._step(step)
-        return x_next + eta * self._prior_score(x_next), log_std.expand_as(x_next)
+        mean, log_std = x_next + eta * self._prior_score(x_next), log_std.expand_as(x_next)
+        if self.backward_drift is None:
+            return mean, log_std
+        drift, log_scale = self.backward_drift(context[1], x_next, step)
+        return mean + eta * drift, log_std + log_scale
+
+
+def drift_layers(obs_dim: int, act_dim: int, num_steps: int, hidden_sizes: Sequence[int], activation: str,
+                 outputs: int) -> tuple[nn.Linear, nn.Linear, nn.Parameter, nn.Sequential]:
+    """A network f(x, s, k) = MLP(W_s s + b + W_x x + e_k) of a latent x, its first layer split into the state's
+    share, the latent's and a learned embedding of the step; the head's bias starts at zero."""
+    width = hidden_sizes[0]
+    obs_in = nn.Linear(obs_dim, width)
+    latent_in = nn.Linear(act_dim, width, bias=False)
+    step_embedding = nn.Parameter(torch.randn(num_steps, width) * 0.1)
+    layers: list[nn.Module] = [ACTIVATIONS[activation]()]
+    for w_in, w_out in zip(hidden_sizes[:-1], hidden_sizes[1:]):
+        layers += [nn.Linear(w_in, w_out), ACTIVATIONS[activation]()]
+    head = nn.Linear(hidden_sizes[-1], outputs)
+    nn.init.zeros_(head.bias)
+    return obs_in, latent_in, step_embedding, nn.Sequential(*layers, head)
+
+
+class BackwardDrift(nn.Module):
+    """(g_phi, h_phi)(x_{k+1}, s, k) of a learned backward kernel: a drift and a log-scale of its std, from one
+    network of the forward drift's shape. Its head starts at zero, so that an untrained policy scores chains
+    exactly as with the fixed kernel."""
+
+    def __init__(self, obs_dim: int, act_dim: int, num_steps: int, hidden_sizes: Sequence[int], activation: str):
+        super().__init__()
+        self.obs_in, self.latent_in, self.step_embedding, self.drift = drift_layers(obs_dim, act_dim, num_steps,
+                                                                                   hidden_sizes, activation, 2 * act_dim)
+        nn.init.zeros_(self.drift[-1].weight)
+
+    def forward(self, state_share: torch.Tensor, x_next: torch.Tensor,
+                step: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.drift(state_share + self.latent_in(x_next) + self.step_embedding[step]).chunk(2, dim=-1)

@@ -2,8 +2,8 @@
 
 The path log-ratio L of a forward chain bounds log pi from above in expectation,
 E[L] = E[log pi(a|s)] + E[KL(forward path | a  ||  backward path | a)], so -E[L] is a *lower* bound on
-the entropy H(pi(.|s)) of the squashed action. Importance sampling with the fixed backward kernel
-as proposal gives the other side: for an action's latent x_K, draw N backward paths
+the entropy H(pi(.|s)) of the squashed action. Importance sampling with the backward kernel
+(fixed, or learned) as proposal gives the other side: for an action's latent x_K, draw N backward paths
 x_{K-1..0} ~ p(. | x_K) and weigh each by w = log p_0(x_0) + sum_k [log q_theta(x_{k+1}|x_k) - log p(x_k|x_{k+1})];
 then log mean_n exp(w_n) is a lower bound of log pi(x_K) in expectation (Jensen), which tightens as
 N grows (the importance-weighted bound), so -E[log mean exp w + squash] is an *upper* bound on H.
@@ -61,12 +61,14 @@ def entropy_bounds(policy: Policy, obs: torch.Tensor, samples: int = 16, paths: 
     forward = policy.sample(obs_per_sample)
     lower = -forward.log_ratio.view(batch, samples).mean(1)
 
+    obs_per_path = obs_per_sample.repeat_interleave(paths, 0)
+    context = policy.context(policy.obs_normalizer(obs_per_path))
     last = forward.chain[:, -1].repeat_interleave(paths, 0)  # x_K of every sample, once per backward path
     states = [last]
     for k in reversed(range(policy.num_steps)):
-        mean, log_std = policy.backward_kernel(states[0], k)
+        mean, log_std = policy.backward_kernel(context, states[0], k)
         states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
-    log_probs = policy.score(obs_per_sample.repeat_interleave(paths, 0), torch.stack(states, dim=1))
+    log_probs = policy.score(obs_per_path, torch.stack(states, dim=1))
     weights = (log_probs.prior + log_probs.step_ratios.sum(-1)).view(batch * samples, paths)
     log_density = torch.logsumexp(weights, dim=1) - math.log(paths)  # log pi of each x_K, importance-weighted
     upper = -(log_density + forward.log_probs.squash).view(batch, samples).mean(1)

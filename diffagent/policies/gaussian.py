@@ -48,5 +48,5 @@ class GaussianPolicy(Policy):
     def forward_kernel(self, context: Kernel, x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
         return context
 
-    def backward_kernel(self, x_next: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+    def backward_kernel(self, context: Kernel, x_next: torch.Tensor, step: int | torch.Tensor) -> Kernel:
         return torch.zeros_like(x_next), self.prior_log_std().expand_as(x_next)
