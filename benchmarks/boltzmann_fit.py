@@ -10,7 +10,9 @@ report scores them (diffagent.multimodal.mode_coverage) after each budget of upd
 
 `--lr-schedule cosine` anneals the learning rate to 1e-5 over the largest budget, so that what is left at the
 end is the objective's optimum rather than Adam's noise around it; `--step-sizes` sets the chain's eta schedule
-(first:last step, DiffSAC's default 0.1:0.01). The objective printed is the mean of the last 500 updates' losses.
+(first:last step, DiffSAC's default 0.1:0.01); `--learn-backward-kernel` gives the chain its own backward network,
+which closes the bound's gap; `--alpha-start` anneals the temperature down to 0.1 over the first half of the fit.
+The objective printed is the mean of the last 500 updates' losses (at alpha = 0.1).
 
 The objective splits in two: E[alpha L - r] = alpha (KL(pi || exp(r / alpha) / Z) + gap) - alpha log Z, where gap
 is how far -E[L] lies below the action's entropy (diffagent.policies.entropy). Each budget's row gives the gap
@@ -59,6 +61,11 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
     parser.add_argument("--step-sizes", default="0.1:0.01", help="comma-separated first:last step sizes eta")
+    parser.add_argument("--learn-backward-kernel", action="store_true",
+                        help="give the chain a learned backward kernel (its own network, fitted on the same objective)")
+    parser.add_argument("--alpha-start", type=float, default=None,
+                        help="anneal the temperature geometrically from this down to 0.1 over the first half of the "
+                             "largest budget (the fit starts hot and spread), then hold it")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -76,7 +83,7 @@ def main() -> None:
             map(int, args.diffusion_steps.split(",")), step_sizes, map(int, args.seeds.split(","))):
         agent = Agent("diffsac", UNEQUAL_ENV_ID, seed=seed, diffusion_steps=num_steps, policy_hidden_sizes=[64, 64],
                       autotune_alpha=False, alpha_init=ALPHA, step_size_max=step_size_max,
-                      step_size_min=step_size_min)
+                      step_size_min=step_size_min, learn_backward_kernel=args.learn_backward_kernel)
         optimizer = torch.optim.Adam(agent.policy.parameters(), lr=LEARNING_RATE)
         obs = torch.zeros(BATCH, 1)
         losses: list[float] = []
@@ -85,8 +92,11 @@ def main() -> None:
                 if args.lr_schedule == "cosine":
                     optimizer.param_groups[0]["lr"] = FINAL_LEARNING_RATE + 0.5 * LEARNING_RATE * (
                         1.0 + np.cos(np.pi * update / budgets[-1]))
+                alpha = ALPHA
+                if args.alpha_start is not None:
+                    alpha *= (args.alpha_start / ALPHA) ** max(0.0, 1.0 - 2.0 * update / budgets[-1])
                 sample = agent.policy.sample(obs)
-                loss = (ALPHA * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
+                loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -97,7 +107,9 @@ def main() -> None:
                 knn = float(knn_entropy(agent.policy, obs[:1], samples=KNN_SAMPLES))
             lower, upper = float(bounds.lower), float(bounds.upper)
             objective = float(np.mean(losses[-500:]))
-            rows.append({"K": num_steps, "step_sizes": f"{step_size_max:g}:{step_size_min:g}", "seed": seed,
+            rows.append({"K": num_steps, "step_sizes": f"{step_size_max:g}:{step_size_min:g}",
+                         "backward_kernel": "learned" if args.learn_backward_kernel else "fixed",
+                         "alpha_start": args.alpha_start or ALPHA, "seed": seed,
                          "lr_schedule": args.lr_schedule, "updates": budget,
                          "shares_pct": " / ".join(f"{100 * s:.1f}" for s in coverage.shares),
                          "targets_pct": " / ".join(f"{100 * t:.1f}" for t in coverage.targets),
