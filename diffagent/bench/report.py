@@ -267,8 +267,7 @@ def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, A
     for budget, at in _rows_at(rows).items():
         algos = list(dict.fromkeys(algo for _, algo in at))
         envs = [env for env in dict.fromkeys(row["env"] for row in rows if row["steps"] == budget) if env in normalization]
-        incomplete = {algo: [env for env in envs if (env, algo) not in at] for algo in algos}
-        incomplete = {algo: lacking for algo, lacking in incomplete.items() if lacking}
+        incomplete = {algo: lacking for algo in algos if (lacking := [env for env in envs if (env, algo) not in at])}
         if not envs:
             continue
         scale = np.array([[normalization[env]["random"], normalization[env]["expert"]] for env in envs])

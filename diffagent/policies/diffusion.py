@@ -50,11 +50,10 @@ class DiffusionPolicy(Policy):
         self.backward_drift = (BackwardDrift(obs_dim, act_dim, num_steps, hidden_sizes, activation)
                                if learn_backward_kernel else None)
 
-    def context(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The state's share of each drift network's first layer, computed once per chain."""
-        if self.backward_drift is None:
-            return (self.obs_in(obs),)
-        return self.obs_in(obs), self.backward_drift.obs_in(obs)
+    def context(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state's share of f_theta's first layer, computed once per chain, and the (normalised) state, which a
+        learned backward kernel reads only when a chain is scored: acting never pays for it."""
+        return self.obs_in(obs), obs
 
     def prior_log_std(self) -> torch.Tensor:
         return self.log_prior_std
@@ -66,12 +65,12 @@ class DiffusionPolicy(Policy):
         log_eta = self.log_step_size[step]
         return torch.exp(log_eta), 0.5 * (math.log(2.0) + log_eta)  # eta_k and log sqrt(2 eta_k)
 
-    def forward_kernel(self, context: tuple[torch.Tensor, ...], x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+    def forward_kernel(self, context: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
         eta, log_std = self._step(step)
         f = self.drift(context[0] + self.latent_in(x) + self.step_embedding[step])
         return x + eta * (self._prior_score(x) + f), log_std.expand_as(x)
 
-    def backward_kernel(self, context: tuple[torch.Tensor, ...], x_next: torch.Tensor,
+    def backward_kernel(self, context: tuple[torch.Tensor, torch.Tensor], x_next: torch.Tensor,
                         step: int | torch.Tensor) -> Kernel:
         eta, log_std = self._step(step)
         mean, log_std = x_next + eta * self._prior_score(x_next), log_std.expand_as(x_next)
@@ -108,6 +107,6 @@ class BackwardDrift(nn.Module):
                                                                                    hidden_sizes, activation, 2 * act_dim)
         nn.init.zeros_(self.drift[-1].weight)
 
-    def forward(self, state_share: torch.Tensor, x_next: torch.Tensor,
+    def forward(self, obs: torch.Tensor, x_next: torch.Tensor,
                 step: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.drift(state_share + self.latent_in(x_next) + self.step_embedding[step]).chunk(2, dim=-1)
+        return self.drift(self.obs_in(obs) + self.latent_in(x_next) + self.step_embedding[step]).chunk(2, dim=-1)
