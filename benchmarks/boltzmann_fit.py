@@ -14,6 +14,13 @@ end is the objective's optimum rather than Adam's noise around it; `--step-sizes
 which closes the bound's gap; `--alpha-start` anneals the temperature down to 0.1 over the first half of the fit.
 The objective printed is the mean of the last 500 updates' losses (at alpha = 0.1).
 
+`--loss log-variance --explore c` fits by the log-variance loss instead: Var[L - r / alpha] over chains drawn with
+every noise scaled by c and held fixed, each re-scored under the current chain. It is zero only where the chain's
+path measure matches exp(r / alpha) times the backward kernel, whatever chains it is evaluated on, so a proposal
+wider than the chain (c > 1) keeps charging for mass missing from a peak that the chain itself no longer visits:
+meant as a mass-covering loss, where E[alpha L - r] (reverse KL) is mode-seeking. Measured, it does not fit the
+bandit (docs/algorithms.md, section 10). Its objective column is E[alpha L - r] over 500 batches of fresh chains.
+
 The objective splits in two: E[alpha L - r] = alpha (KL(pi || exp(r / alpha) / Z) + gap) - alpha log Z, where gap
 is how far -E[L] lies below the action's entropy (diffagent.policies.entropy). Each budget's row gives the gap
 (importance-weighted over backward paths, and by nearest neighbours) and the KL of the action's marginal that
@@ -66,6 +73,11 @@ def main() -> None:
     parser.add_argument("--alpha-start", type=float, default=None,
                         help="anneal the temperature geometrically from this down to 0.1 over the first half of the "
                              "largest budget (the fit starts hot and spread), then hold it")
+    parser.add_argument("--loss", choices=("reverse-kl", "log-variance"), default="reverse-kl",
+                        help="DiffSAC's actor loss E[alpha L - r] (pathwise), or the log-variance loss Var[L - r / alpha] "
+                             "on chains drawn with every noise scaled by --explore and held fixed")
+    parser.add_argument("--explore", type=float, default=1.0,
+                        help="with --loss log-variance: the scale of the proposal's noise (1 = the chain itself)")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -95,8 +107,15 @@ def main() -> None:
                 alpha = ALPHA
                 if args.alpha_start is not None:
                     alpha *= (args.alpha_start / ALPHA) ** max(0.0, 1.0 - 2.0 * update / budgets[-1])
-                sample = agent.policy.sample(obs)
-                loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
+                if args.loss == "reverse-kl":
+                    sample = agent.policy.sample(obs)
+                    loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
+                else:
+                    with torch.no_grad():
+                        chain = agent.policy.sample(obs, args.explore * torch.randn(agent.policy.noise_shape(BATCH))).chain
+                    log_weight = (agent.policy.score(obs, chain).log_ratio
+                                  - torch_reward(bandit, torch.tanh(chain[:, -1])) / alpha)
+                    loss = log_weight.var()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -106,10 +125,16 @@ def main() -> None:
                 bounds = entropy_bounds(agent.policy, obs[:1], samples=GAP_SAMPLES, paths=GAP_PATHS)
                 knn = float(knn_entropy(agent.policy, obs[:1], samples=KNN_SAMPLES))
             lower, upper = float(bounds.lower), float(bounds.upper)
-            objective = float(np.mean(losses[-500:]))
+            if args.loss == "reverse-kl":
+                objective = float(np.mean(losses[-500:]))
+            else:  # the loss is a variance: E[alpha L - r] of the chain itself, over as many chains as 500 updates see
+                with torch.random.fork_rng(), torch.no_grad():
+                    sample = agent.policy.sample(torch.zeros(500 * BATCH, 1))
+                    objective = float((ALPHA * sample.log_ratio - torch_reward(bandit, sample.action)).mean())
             rows.append({"K": num_steps, "step_sizes": f"{step_size_max:g}:{step_size_min:g}",
                          "backward_kernel": "learned" if args.learn_backward_kernel else "fixed",
-                         "alpha_start": args.alpha_start or ALPHA, "seed": seed,
+                         "alpha_start": args.alpha_start or ALPHA, "loss": args.loss, "explore": args.explore,
+                         "seed": seed,
                          "lr_schedule": args.lr_schedule, "updates": budget,
                          "shares_pct": " / ".join(f"{100 * s:.1f}" for s in coverage.shares),
                          "targets_pct": " / ".join(f"{100 * t:.1f}" for t in coverage.targets),
