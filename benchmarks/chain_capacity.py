@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--students", default="diffsac,sac", help="the policies fitted: the algorithms' own classes")
     parser.add_argument("--states", type=int, default=20_000, help="teacher states to fit on")
     parser.add_argument("--episodes", type=int, default=5, help="deterministic Hopper episodes per score")
+    parser.add_argument("--actor-lr", type=float, default=None, help="Adam's learning rate (default: the zoo's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=Path(__file__).resolve().parent / "results" / "chain_capacity.json")
     args = parser.parse_args()
@@ -80,7 +81,8 @@ def main() -> None:
         settings = load_hyperparameters(HYPERPARAMETERS, algo)
         student = Agent(algo, ENV_ID, seed=args.seed, **settings)
         student.policy.obs_normalizer.update(states)  # a no-op unless the policy normalises observations
-        optimizer = torch.optim.Adam(student.policy.parameters(), lr=student.config.algorithm.actor_lr, fused=True)
+        learning_rate = args.actor_lr or student.config.algorithm.actor_lr
+        optimizer = torch.optim.Adam(student.policy.parameters(), lr=learning_rate, fused=True)
         batches = torch.Generator().manual_seed(args.seed)
         batch_size = student.config.algorithm.batch_size
         done, fit_seconds, losses = 0, 0.0, []
@@ -99,7 +101,7 @@ def main() -> None:
             with torch.no_grad():
                 minus_mean_l = float(-student.policy.sample(states[:4096]).log_ratio.mean())
             evaluation = student.evaluate(args.episodes)
-            rows.append({"student": algo, "updates": budget, "loss_nats": float(np.mean(losses[-200:])),
+            rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget, "loss_nats": float(np.mean(losses[-200:])),
                          "minus_mean_L": minus_mean_l, "teacher_entropy": teacher_entropy,
                          "return": evaluation.mean, "return_std": evaluation.std, "teacher_return": teacher_return,
                          "fit_cpu_s": fit_seconds})

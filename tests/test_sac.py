@@ -55,6 +55,30 @@ def test_sac_update_with_gaussian_policy_equals_textbook_sac_losses():
     assert metrics["entropy_estimate"] == pytest.approx(-logp.mean().item(), rel=1e-3, abs=1e-3)
 
 
+@pytest.mark.parametrize("algo", ["diffsac", "diffwpo"])
+def test_actor_steps_take_that_many_actor_steps_after_one_critic_step(algo):
+    """actor_steps = 3 is one critic step, then three actor steps on fresh chains at the same states: the same
+    parameters as one update with actor_steps = 1 followed by two more actor steps by hand."""
+    batch = _batch()
+    several = _tiny(algo, actor_steps=3, autotune_alpha=False).algorithm
+    one = _tiny(algo, autotune_alpha=False).algorithm
+    alpha = one.alpha
+    torch.manual_seed(7)
+    several.update(batch)
+    torch.manual_seed(7)
+    one.update(batch)
+    one.critic.requires_grad_(False)
+    for _ in range(2):
+        loss, _ = one.actor_loss(batch.obs, one.policy.obs_normalizer(batch.obs), alpha)
+        one.actor_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        one.actor_optimizer.step()
+    for mine, theirs in zip(several.policy.parameters(), one.policy.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert [state["step"].item() for state in several.critic_optimizer.state.values()][0] == 1
+    assert {state["step"].item() for state in several.actor_optimizer.state.values()} == {3}
+
+
 class _QuadraticCritic(torch.nn.Module):
     """Q(s, a) = -|a - c|^2 for two identical critics: a known, smooth target."""
 

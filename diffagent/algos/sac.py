@@ -4,7 +4,7 @@ The update never asks which policy it holds: it uses the path log-ratio L where 
 and for the Gaussian policy L *is* log pi.
 
     critic:  y = r + gamma (1 - terminated) [min_i Qbar_i(s', a') - alpha L(s', chain')]
-    actor:   minimise E[alpha L(s, chain) - min_i Q_i(s, a)]
+    actor:   minimise E[alpha L(s, chain) - min_i Q_i(s, a)]   (actor_steps times per critic step)
              'pathwise': backpropagate through the reparameterised chain
              'lv':       score function of each denoising step, weighted by its future only
     alpha:   minimise -log alpha * E[L - gap + H_target],  H_target = -scale * dim(A)
@@ -172,10 +172,11 @@ class SAC(Algorithm):
 
         # Actor: the critic is a fixed function here, so it gets no parameter gradients.
         self.critic.requires_grad_(False)
-        actor_loss, log_ratio = self.actor_loss(batch.obs, obs, alpha)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_optimizer.step()
+        for _ in range(cfg.actor_steps):
+            actor_loss, log_ratio = self.actor_loss(batch.obs, obs, alpha)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward()
+            self.actor_optimizer.step()
         self.critic.requires_grad_(True)
 
         # Temperature: keep the entropy, -E[L] + gap, at the target.
