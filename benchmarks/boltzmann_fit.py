@@ -74,8 +74,8 @@ def main() -> None:
                         help="anneal the temperature geometrically from this down to 0.1 over the first half of the "
                              "largest budget (the fit starts hot and spread), then hold it")
     parser.add_argument("--loss", choices=("reverse-kl", "log-variance"), default="reverse-kl",
-                        help="DiffSAC's actor loss E[alpha L - r] (pathwise), or the log-variance loss Var[L - r / alpha] "
-                             "on chains drawn with every noise scaled by --explore and held fixed")
+                        help="DiffSAC's actor loss E[alpha L - r] (pathwise), or the log-variance loss "
+                             "Var[L - r / alpha] on chains drawn with every noise scaled by --explore and held fixed")
     parser.add_argument("--explore", type=float, default=1.0,
                         help="with --loss log-variance: the scale of the proposal's noise (1 = the chain itself)")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
@@ -112,7 +112,8 @@ def main() -> None:
                     loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
                 else:
                     with torch.no_grad():
-                        chain = agent.policy.sample(obs, args.explore * torch.randn(agent.policy.noise_shape(BATCH))).chain
+                        proposal_noise = args.explore * torch.randn(agent.policy.noise_shape(BATCH))
+                        chain = agent.policy.sample(obs, proposal_noise).chain
                     log_weight = (agent.policy.score(obs, chain).log_ratio
                                   - torch_reward(bandit, torch.tanh(chain[:, -1])) / alpha)
                     loss = log_weight.var()

@@ -101,15 +101,17 @@ def main() -> None:
             with torch.no_grad():
                 minus_mean_l = float(-student.policy.sample(states[:4096]).log_ratio.mean())
             evaluation = student.evaluate(args.episodes)
-            rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget, "loss_nats": float(np.mean(losses[-200:])),
-                         "minus_mean_L": minus_mean_l, "teacher_entropy": teacher_entropy,
+            rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget,
+                         "loss_nats": float(np.mean(losses[-200:])), "minus_mean_L": minus_mean_l,
+                         "teacher_entropy": teacher_entropy,
                          "return": evaluation.mean, "return_std": evaluation.std, "teacher_return": teacher_return,
                          "fit_cpu_s": fit_seconds})
             print(rows[-1], flush=True)
     print(f"\nEach policy fitted to the zoo's SAC on {args.states} of its Hopper states by E[L - log pi_SAC] "
           f"(the mean of the last 200 updates' losses; >= the reverse KL)\n")
     print(markdown_table(rows, list(rows[0])))
-    write_results(args.out, {"teacher": str(TEACHER.relative_to(ZOO.parent)), "states": args.states, "episodes": args.episodes, "rows": rows})
+    write_results(args.out, {"teacher": str(TEACHER.relative_to(ZOO.parent)), "states": args.states,
+                             "episodes": args.episodes, "rows": rows})
 
 
 if __name__ == "__main__":
