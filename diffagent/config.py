@@ -121,8 +121,8 @@ class OffPolicyConfig(AlgorithmConfig):
     gradient_steps: int = hyperparameter(1, "Gradient steps per environment step (update-to-data ratio).",
                                          between(1, 1000))
     actor_steps: int = hyperparameter(1, "Actor updates per critic update, each on fresh chains at the batch's "
-                                         "states (a chain follows its critic more slowly than a Gaussian).",
-                                      between(1, 100))
+                                         "states (docs/algorithms.md, section 8: three did not lift DiffSAC on "
+                                         "Hopper).", between(1, 100))
     actor_lr: float = hyperparameter(3e-4, "Adam learning rate of the policy.", positive)
     critic_lr: float = hyperparameter(3e-4, "Adam learning rate of the critics.", positive)
     alpha_lr: float = hyperparameter(3e-4, "Adam learning rate of the temperature.", positive)

@@ -65,7 +65,8 @@ class DiffusionPolicy(Policy):
         log_eta = self.log_step_size[step]
         return torch.exp(log_eta), 0.5 * (math.log(2.0) + log_eta)  # eta_k and log sqrt(2 eta_k)
 
-    def forward_kernel(self, context: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor, step: int | torch.Tensor) -> Kernel:
+    def forward_kernel(self, context: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor,
+                       step: int | torch.Tensor) -> Kernel:
         eta, log_std = self._step(step)
         f = self.drift(context[0] + self.latent_in(x) + self.step_embedding[step])
         return x + eta * (self._prior_score(x) + f), log_std.expand_as(x)
