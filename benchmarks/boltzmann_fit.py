@@ -78,6 +78,9 @@ def main() -> None:
                              "Var[L - r / alpha] on chains drawn with every noise scaled by --explore and held fixed")
     parser.add_argument("--explore", type=float, default=1.0,
                         help="with --loss log-variance: the scale of the proposal's noise (1 = the chain itself)")
+    parser.add_argument("--explore-prior-only", action="store_true",
+                        help="with --explore: scale the prior draw x_0 alone, so that every later step of the proposal is "
+                             "one the chain itself would take")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -112,7 +115,8 @@ def main() -> None:
                     loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
                 else:
                     with torch.no_grad():
-                        proposal_noise = args.explore * torch.randn(agent.policy.noise_shape(BATCH))
+                        proposal_noise = torch.randn(agent.policy.noise_shape(BATCH))
+                        proposal_noise[:, :1 if args.explore_prior_only else None] *= args.explore
                         chain = agent.policy.sample(obs, proposal_noise).chain
                     log_weight = (agent.policy.score(obs, chain).log_ratio
                                   - torch_reward(bandit, torch.tanh(chain[:, -1])) / alpha)
@@ -135,6 +139,7 @@ def main() -> None:
             rows.append({"K": num_steps, "step_sizes": f"{step_size_max:g}:{step_size_min:g}",
                          "backward_kernel": "learned" if args.learn_backward_kernel else "fixed",
                          "alpha_start": args.alpha_start or ALPHA, "loss": args.loss, "explore": args.explore,
+                         "explore_prior_only": args.explore_prior_only,
                          "seed": seed,
                          "lr_schedule": args.lr_schedule, "updates": budget,
                          "shares_pct": " / ".join(f"{100 * s:.1f}" for s in coverage.shares),
