@@ -11,6 +11,14 @@ fitted the same way beside it. After each budget of updates: the loss, -E[L], an
 policy (deterministic episodes, as the campaign evaluates).
 
     python benchmarks/chain_capacity.py --updates 1000,3000,10000,30000 --episodes 5
+
+`--teacher run:RUN_DIR` asks the converse question of a training run: is it its critic or its actor that holds it
+where it is? The loss is then the run's own actor loss against its frozen critic, E[L - min Q(s, a) / alpha] at the
+run's alpha, on states from its replay buffer, and `own` among the students continues the run's own policy. If a
+fresh Gaussian fitted to DiffSAC's critic acts far better than DiffSAC's chain, the critic knew a better policy
+than the chain took; if not, the critic (and the data it learned from) is where DiffSAC stands.
+
+    python benchmarks/chain_capacity.py --teacher run:runs/campaign/Hopper-v4/diffsac/s0 --students sac,own,diffsac
 """
 
 from __future__ import annotations
@@ -51,10 +59,52 @@ def teacher_log_prob(teacher_policy, obs: torch.Tensor, latent: torch.Tensor) ->
     return teacher_policy.score(obs, torch.stack([torch.zeros_like(latent), latent], dim=1)).log_ratio
 
 
+class ZooSACTeacher:
+    """The zoo's SAC: log density log pi_SAC, on states it visits acting stochastically."""
+
+    def __init__(self, episodes: int, states: int, seed: int):
+        from diffagent import Agent
+
+        self.agent = Agent.from_pretrained(TEACHER)
+        self.agent.policy.requires_grad_(False)
+        self.name = str(TEACHER.relative_to(ZOO.parent))
+        self.states = teacher_states(self.agent, states, seed)
+        with torch.no_grad():
+            self.entropy = float(-self.agent.policy.sample(self.states[:4096]).log_ratio.mean())
+        self.return_ = self.agent.evaluate(episodes).mean
+
+    def log_density(self, obs: torch.Tensor, sample) -> torch.Tensor:
+        return teacher_log_prob(self.agent.policy, obs, sample.chain[:, -1])
+
+
+class RunCriticTeacher:
+    """A training run's frozen critic at its last checkpoint: log density min Q(s, a) / alpha (up to a constant in
+    a), on states from the run's replay buffer."""
+
+    def __init__(self, run_dir: str, episodes: int, states: int, seed: int):
+        from diffagent import Agent
+
+        self.agent = Agent.resume(run_dir)
+        algorithm = self.agent.algorithm
+        algorithm.critic.requires_grad_(False)
+        self.name, self.alpha = f"run:{run_dir}", float(algorithm.alpha)
+        self.states = algorithm.buffer.sample(states, torch.Generator().manual_seed(seed)).obs
+        with torch.no_grad():
+            self.entropy = float(-self.agent.policy.sample(self.states[:4096]).log_ratio.mean())
+        self.return_ = self.agent.evaluate(episodes).mean
+
+    def log_density(self, obs: torch.Tensor, sample) -> torch.Tensor:
+        algorithm = self.agent.algorithm
+        return algorithm.critic(algorithm.policy.obs_normalizer(obs), sample.action).min(0).values / self.alpha
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", default="1000,3000,10000,30000", help="budgets at which the fit is scored")
-    parser.add_argument("--students", default="diffsac,sac", help="the policies fitted: the algorithms' own classes")
+    parser.add_argument("--teacher", default="zoo", help="zoo (the zoo's SAC) or run:RUN_DIR (a run's critic)")
+    parser.add_argument("--students", default="diffsac,sac",
+                        help="the policies fitted: fresh ones of the algorithms' own classes, or `own` (with a run "
+                             "teacher: the run's own policy, continued)")
     parser.add_argument("--states", type=int, default=20_000, help="teacher states to fit on")
     parser.add_argument("--episodes", type=int, default=5, help="deterministic Hopper episodes per score")
     parser.add_argument("--actor-lr", type=float, default=None, help="Adam's learning rate (default: the zoo's)")
@@ -66,21 +116,26 @@ def main() -> None:
     from diffagent import Agent
     from diffagent.bench.grid import load_hyperparameters
 
-    teacher = Agent.from_pretrained(TEACHER)
-    teacher.policy.requires_grad_(False)
-    states = teacher_states(teacher, args.states, args.seed)
-    with torch.no_grad():
-        teacher_sample = teacher.policy.sample(states[:4096])
-        teacher_entropy = float(-teacher_sample.log_ratio.mean())
-    teacher_return = teacher.evaluate(args.episodes).mean
-    print(f"teacher: {args.states} states, entropy {teacher_entropy:.3f} nats, return {teacher_return:.0f}", flush=True)
+    if args.teacher == "zoo":
+        teacher = ZooSACTeacher(args.episodes, args.states, args.seed)
+    elif args.teacher.startswith("run:"):
+        teacher = RunCriticTeacher(args.teacher.split(":", 1)[1], args.episodes, args.states, args.seed)
+    else:
+        parser.error(f"--teacher {args.teacher!r}: give zoo or run:RUN_DIR")
+    states = teacher.states
+    print(f"teacher {teacher.name}: {len(states)} states, its policy's -E[L] {teacher.entropy:.3f} nats, "
+          f"return {teacher.return_:.0f}", flush=True)
 
     budgets = sorted(map(int, args.updates.split(",")))
     rows = []
     for algo in args.students.split(","):
-        settings = load_hyperparameters(HYPERPARAMETERS, algo)
-        student = Agent(algo, ENV_ID, seed=args.seed, **settings)
-        student.policy.obs_normalizer.update(states)  # a no-op unless the policy normalises observations
+        if algo == "own":
+            if not isinstance(teacher, RunCriticTeacher):
+                parser.error("the student `own` needs --teacher run:RUN_DIR")
+            student = teacher.agent
+        else:
+            student = Agent(algo, ENV_ID, seed=args.seed, **load_hyperparameters(HYPERPARAMETERS, algo))
+            student.policy.obs_normalizer.update(states)  # a no-op unless the policy normalises observations
         learning_rate = args.actor_lr or student.config.algorithm.actor_lr
         optimizer = torch.optim.Adam(student.policy.parameters(), lr=learning_rate, fused=True)
         batches = torch.Generator().manual_seed(args.seed)
@@ -91,7 +146,7 @@ def main() -> None:
             for _ in range(done, budget):
                 obs = states[torch.randint(len(states), (batch_size,), generator=batches)]
                 sample = student.policy.sample(obs)
-                loss = (sample.log_ratio - teacher_log_prob(teacher.policy, obs, sample.chain[:, -1])).mean()
+                loss = (sample.log_ratio - teacher.log_density(obs, sample)).mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -103,14 +158,14 @@ def main() -> None:
             evaluation = student.evaluate(args.episodes)
             rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget,
                          "loss_nats": float(np.mean(losses[-200:])), "minus_mean_L": minus_mean_l,
-                         "teacher_entropy": teacher_entropy,
-                         "return": evaluation.mean, "return_std": evaluation.std, "teacher_return": teacher_return,
+                         "teacher_entropy": teacher.entropy,
+                         "return": evaluation.mean, "return_std": evaluation.std, "teacher_return": teacher.return_,
                          "fit_cpu_s": fit_seconds})
             print(rows[-1], flush=True)
-    print(f"\nEach policy fitted to the zoo's SAC on {args.states} of its Hopper states by E[L - log pi_SAC] "
-          f"(the mean of the last 200 updates' losses; >= the reverse KL)\n")
+    print(f"\nEach policy fitted to {teacher.name} on {len(states)} of its Hopper states by E[L - log density] "
+          f"(the mean of the last 200 updates' losses; with the zoo's SAC >= the reverse KL)\n")
     print(markdown_table(rows, list(rows[0])))
-    write_results(args.out, {"teacher": str(TEACHER.relative_to(ZOO.parent)), "states": args.states,
+    write_results(args.out, {"teacher": teacher.name, "states": args.states,
                              "episodes": args.episodes, "rows": rows})
 
 
