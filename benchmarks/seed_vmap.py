@@ -76,24 +76,26 @@ class VmappedSeeds:
     def _loss(self, part, params, buffers, *inputs):
         return functional_call(self.base, (params, buffers), (part, *inputs))
 
+    def _minimise(self, part: int, optimizer, inputs: tuple, noise: torch.Tensor) -> torch.Tensor:
+        """One Adam step on every seed's loss `part` at once (their sum: each seed's parameters see only theirs)."""
+        loss = self.losses(part, self.params, self.buffers, *inputs, noise, self.alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        return loss.detach()
+
     def update(self, batch, critic_noise, actor_noise) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = (batch.obs, batch.actions, batch.rewards, batch.next_obs, batch.terminated)
-        critic_loss = self.losses(0, self.params, self.buffers, *inputs, critic_noise, self.alpha)
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.sum().backward()
-        self.critic_optimizer.step()
-        for name in self.critic_names:
+        critic_loss = self._minimise(0, self.critic_optimizer, inputs, critic_noise)
+        for name in self.critic_names:  # the actor's loss gives the critics no gradient, as in SAC.update
             self.params[name].requires_grad_(False)
-        actor_loss = self.losses(1, self.params, self.buffers, *inputs, actor_noise, self.alpha)
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.sum().backward()
-        self.actor_optimizer.step()
+        actor_loss = self._minimise(1, self.actor_optimizer, inputs, actor_noise)
         for name in self.critic_names:
             self.params[name].requires_grad_(True)
         with torch.no_grad():
             torch._foreach_lerp_([self.params[n] for n in self.target_names],
                                  [self.params[n] for n in self.critic_names], self.tau)
-        return critic_loss.detach(), actor_loss.detach()
+        return critic_loss, actor_loss
 
 
 def random_batch(algorithm, seeds: int | None = None):
