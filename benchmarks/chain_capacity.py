@@ -116,6 +116,8 @@ def main() -> None:
     from diffagent import Agent
     from diffagent.bench.grid import load_hyperparameters
 
+    if "own" in args.students.split(",") and not args.teacher.startswith("run:"):
+        parser.error("the student `own` needs --teacher run:RUN_DIR")
     if args.teacher == "zoo":
         teacher = ZooSACTeacher(args.episodes, args.states, args.seed)
     elif args.teacher.startswith("run:"):
@@ -130,8 +132,6 @@ def main() -> None:
     rows = []
     for algo in args.students.split(","):
         if algo == "own":
-            if not isinstance(teacher, RunCriticTeacher):
-                parser.error("the student `own` needs --teacher run:RUN_DIR")
             student = teacher.agent
         else:
             student = Agent(algo, ENV_ID, seed=args.seed, **load_hyperparameters(HYPERPARAMETERS, algo))
