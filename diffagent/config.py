@@ -212,7 +212,8 @@ class PPOConfig(AlgorithmConfig):
                                               "not A_t; off: it raised variance.")
     per_step_baseline: bool = hyperparameter(False, "Baseline denoising step k by a critic V(s, x_k, k): GAE over the "
                                                     "chain's sub-steps (diffagent/algos/ppo.py); cancels the "
-                                                    "past.")
+                                                    "past. Off: it tied the shared V(s) on Hopper over 5 seeds "
+                                                    "(docs/algorithms.md, section 7).")
     scale_rewards: bool = hyperparameter(True, "Divide rewards by the running std of the discounted return; its "
                                                "statistics are checkpointed.")
     value_hidden_sizes: tuple[int, ...] = hyperparameter((64, 64), "Widths of the value network V(s).", widths)
