@@ -83,6 +83,8 @@ def main() -> None:
                              "one the chain itself would take")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
+    if args.loss != "log-variance" and (args.explore != 1.0 or args.explore_prior_only):
+        parser.error("--explore and --explore-prior-only shape the log-variance loss's proposal: add --loss log-variance")
     torch.set_num_threads(1)
 
     from diffagent import Agent

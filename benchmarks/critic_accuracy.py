@@ -49,6 +49,9 @@ def main() -> None:
     rows = []
     for run_dir in args.runs.split(","):
         agent = Agent.resume(run_dir)
+        if not hasattr(agent.algorithm, "critic"):
+            parser.error(f"{run_dir} is a {agent.algo} run, which has no Q critic: give off-policy runs "
+                         "(sac, diffsac, wpo, diffwpo)")
         algorithm, env = agent.algorithm, gym.make(agent.env_id)
         alpha, gamma = float(algorithm.alpha), algorithm.config.gamma
         low, high = agent.policy.action_low.numpy(), agent.policy.action_high.numpy()
