@@ -362,13 +362,15 @@ def test_sb3_settings_and_algorithm_names_are_checked_when_the_grid_is_read(tmp_
         load_grid(grid)
 
 
-def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool | set[int] = True) -> None:
+def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool | set[int] = True,
+                       entropy: dict[int, float] | None = None) -> None:
     """What archive_run keeps of a finished run, made up: its curve and results; the stochastic return at every
-    evaluation, none, or at the steps given."""
+    evaluation, none, or at the steps given; the training's entropy estimate at the steps given."""
     folder.mkdir(parents=True)
     records = [{"step": step, "eval_return": value,
                 **({"eval_return_stochastic": value - 50} if stochastic is True or step in (stochastic or ()) else {})}
                for step, value in curve.items()]
+    records += [{"step": step, "entropy_estimate": value} for step, value in (entropy or {}).items()]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
     (folder / "results.json").write_text(json.dumps({"total_steps": max(curve), "train_time_s": 10.0}))
     (folder / "config.json").write_text("{}")
@@ -383,7 +385,9 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
                 final = scale * (1000 + 100 * seed + shift)
                 write_archived_run(archive / env / algo / f"s{seed}", {50: final / 2, 100: final},
                                    # seed 4 recorded before the stochastic return was; seed 3's lacks the last one
-                                   stochastic={4: False, 3: {50}}.get(seed, True))
+                                   stochastic={4: False, 3: {50}}.get(seed, True),
+                                   # the entropy over the budget's last tenth (95, 100), not before; sac's seed 4 none
+                                   entropy=None if (algo, seed) == ("sac", 4) else {85: 9.0, 95: shift / 100, 100: 0.0})
     write_archived_run(archive / "Hopper-v4" / "sb3-sac" / "s0", {50: 500.0, 100: 900.0})  # one seed, one env
     references = tmp_path / "references.toml"
     references.write_text('[[normalization]]\nenv = "Hopper-v4"\nrandom = 0.0\nexpert = 2000.0\nsource = "test"\n'
@@ -415,6 +419,10 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert "1,500.0 +/- 158.1 |" in text  # the sample std over seeds
     # the stochastic return of the seeds that recorded it at the budget's evaluation, never an earlier one
     assert "[min-max 1,250.0, 1,450.0] (3 of the 5 seeds) |" in text
+    rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| ")}
+    assert "| 1.50 | " in rows["| Hopper-v4", "diffsac"]  # the mean of the last tenth's logs, over seeds
+    assert "| 0.00 (4 of the 5 seeds) | " in rows["| Walker2d-v4", "sac"]
+    assert "| - | " in rows["| Hopper-v4", "sb3-sac"]  # Stable-Baselines3's runs log no entropy
     assert "| 100 | diffsac | sb3-sac | Hopper-v4 | 5 vs 1 | - (needs 5 seeds of both) |" in text
     assert "| 100 | diffsac | sac | Hopper-v4 + Walker2d-v4 | 5 vs 5 | 0.92 [95% CI 0.78, 1.00] |" in text
     assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.75 [95% CI " in text  # IQM of normalised scores

@@ -56,6 +56,7 @@ GRID_KEYS = {"name", "out", "hyperparams", "results", "references", "archive", "
 # what an archived run keeps: enough for every table and figure, small enough for git
 ARCHIVED_FILES = (CONFIG_FILE, RESULTS_FILE, METRICS_FILE)
 DETERMINISTIC_RETURN, STOCHASTIC_RETURN = "eval_return", "eval_return_stochastic"  # metrics.jsonl's keys
+ENTROPY_ESTIMATE = "entropy_estimate"  # the policy's entropy as training logs it (docs/algorithms.md, section 6)
 EXPERIMENT_KEYS = {"envs", "algos", "seeds", "steps", "eval_every", "eval_episodes", "checkpoint_every", "set",
                    "env_kwargs", "gym_packages"}
 
@@ -374,7 +375,14 @@ def archive_run(job: Job) -> bool:
 def read_curve(run_dir: Path, key: str = DETERMINISTIC_RETURN) -> dict[int, float]:
     """step -> evaluation return (deterministic, or `key`=STOCHASTIC_RETURN), from metrics.jsonl (the last record
     of a step wins). A run recorded before the stochastic return was has an empty stochastic curve."""
-    return {int(record["step"]): float(record[key]) for record in read_jsonl(run_dir / METRICS_FILE) if key in record}
+    return read_curves(run_dir, (key,))[key]
+
+
+def read_curves(run_dir: Path, keys: tuple[str, ...]) -> dict[str, dict[int, float]]:
+    """`read_curve` of several metrics.jsonl keys, the file read once: key -> (step -> value), empty for a key the
+    run never logged."""
+    records = read_jsonl(run_dir / METRICS_FILE)
+    return {key: {int(record["step"]): float(record[key]) for record in records if key in record} for key in keys}
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:

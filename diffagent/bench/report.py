@@ -2,8 +2,8 @@
 rebuilds from git alone):
 
 - per (env, algo, budget): the IQM over seeds of the deterministic return, and of the stochastic one, with a
-  stratified-bootstrap 95% interval from 5 seeds on (the seeds' min-max below, named so), beside the published
-  references;
+  stratified-bootstrap 95% interval from 5 seeds on (the seeds' min-max below, named so), the policy's entropy
+  estimate at the end, beside the published references;
 - each algorithm's probability of improvement over its Gaussian base and over Stable-Baselines3's of its family,
   per env and across envs, with its interval from 5 seeds on;
 - across envs, the IQM of scores normalised by each env's random and expert returns (references file), and
@@ -30,8 +30,8 @@ from typing import Any, Callable
 import numpy as np
 
 from diffagent.agent import Agent
-from diffagent.bench.grid import (STOCHASTIC_RETURN, Grid, algo_family, archive_run, env_file_name, is_on_policy,
-                                  last_metrics, read_curve, read_toml)
+from diffagent.bench.grid import (DETERMINISTIC_RETURN, ENTROPY_ESTIMATE, STOCHASTIC_RETURN, Grid, algo_family,
+                                  archive_run, env_file_name, is_on_policy, last_metrics, read_curves, read_toml)
 from diffagent.bench.plots import plot_curves, plot_summary
 from diffagent.bench.sb3 import is_sb3
 from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
@@ -113,12 +113,22 @@ def _steps_per_second(run_dir: Path) -> float | None:
 
 
 class _Curves:
-    """Every run's deterministic and stochastic curves, each metrics file read once, from its run directory or
-    its archived copy."""
+    """Every run's deterministic and stochastic curves and its logged entropy estimate, each metrics file read once,
+    from its run directory or its archived copy."""
 
     def __init__(self, grid: Grid):
-        self.deterministic = {job.run_dir: read_curve(job.source_dir()) for job in grid.jobs}
-        self.stochastic = {job.run_dir: read_curve(job.source_dir(), STOCHASTIC_RETURN) for job in grid.jobs}
+        keys = (DETERMINISTIC_RETURN, STOCHASTIC_RETURN, ENTROPY_ESTIMATE)
+        curves = {job.run_dir: read_curves(job.source_dir(), keys) for job in grid.jobs}
+        self.deterministic = {run: c[DETERMINISTIC_RETURN] for run, c in curves.items()}
+        self.stochastic = {run: c[STOCHASTIC_RETURN] for run, c in curves.items()}
+        self.entropy = {run: c[ENTROPY_ESTIMATE] for run, c in curves.items()}
+
+
+def _final_entropy(curve: dict[int, float], budget: int) -> float | None:
+    """The mean entropy estimate logged over the last tenth of the budget (one log is one batch's, noisy), or None
+    (Stable-Baselines3's runs log none)."""
+    values = [value for step, value in curve.items() if budget - budget / 10 < step <= budget]
+    return float(np.mean(values)) if values else None
 
 
 def _iqm_with_interval(values: list[float]) -> dict[str, Any]:
@@ -135,7 +145,7 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
     for (env_id, algo), budgets in grid.budgets.items():
         for budget in sorted(budgets):
             jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.steps >= budget]
-            scores, stochastic, times, missing, partial = {}, {}, [], [], {}
+            scores, stochastic, entropy, times, missing, partial = {}, {}, {}, [], [], {}
             for job in jobs:
                 curve = curves.deterministic[job.run_dir]
                 step = step_at(curve, budget)
@@ -148,12 +158,15 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                 stochastic_score = curves.stochastic[job.run_dir].get(step)  # the same evaluation's
                 if stochastic_score is not None:  # absent from runs recorded before it was
                     stochastic[job.seed] = stochastic_score
+                final_entropy = _final_entropy(curves.entropy[job.run_dir], budget)
+                if final_entropy is not None:
+                    entropy[job.seed] = final_entropy
                 speed = _steps_per_second(job.source_dir())
                 if speed:
                     times.append(speed)
             values = list(scores.values())
             row = {"env": env_id, "algo": algo, "steps": budget, "seeds": sorted(scores), "missing_seeds": missing,
-                   "partial": partial, "scores": scores, "stochastic_scores": stochastic,
+                   "partial": partial, "scores": scores, "stochastic_scores": stochastic, "entropy": entropy,
                    "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
@@ -175,7 +188,7 @@ def _format_row(row: dict[str, Any]) -> list[str]:
     if "iqm" not in row:
         reached = "; ".join(f"seed {seed}: {score:,.1f} at {step:,} steps" for seed, (step, score) in row["partial"].items())
         return [row["env"], row["algo"], f"{row['steps']:,}", "0", f"not finished ({reached})" if reached else "not run",
-                "-", "-", "-", row["reference"]]
+                "-", "-", "-", "-", row["reference"]]
     seeds = len(row["seeds"])
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
     spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}" if seeds > 1 else "-"
@@ -184,9 +197,13 @@ def _format_row(row: dict[str, Any]) -> list[str]:
                        if stochastic else "-")
     if stochastic and stochastic_seeds != seeds:  # runs recorded before the stochastic return was
         stochastic_cell += f" ({stochastic_seeds} of the {seeds} seeds)"
+    entropy = list(row["entropy"].values())
+    entropy_cell = f"{np.mean(entropy):.2f}" if entropy else "-"
+    if entropy and len(entropy) != seeds:
+        entropy_cell += f" ({len(entropy)} of the {seeds} seeds)"
     return [row["env"], row["algo"], f"{row['steps']:,}", str(seeds),
-            _format_centre(row["iqm"], row["interval"], *row["ci"], seeds), spread, stochastic_cell, speed,
-            row["reference"]]
+            _format_centre(row["iqm"], row["interval"], *row["ci"], seeds), spread, stochastic_cell, entropy_cell,
+            speed, row["reference"]]
 
 
 def _table(header: list[str], cells: list[list[str]]) -> str:
@@ -195,9 +212,10 @@ def _table(header: list[str], cells: list[list[str]]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The results table: IQM [its interval] over seeds, mean +/- std, the stochastic return, speed, the reference."""
+    """The results table: IQM [its interval] over seeds, mean +/- std, the stochastic return, the entropy, speed,
+    the reference."""
     return _table(["env", "algo", "steps", "seeds", "IQM [interval]", "mean +/- std", "stochastic IQM [interval]",
-                   "steps/s", "reference"], [_format_row(row) for row in rows])
+                   "entropy, nats", "steps/s", "reference"], [_format_row(row) for row in rows])
 
 
 # --- comparisons ------------------------------------------------------------------------------------------------
@@ -451,7 +469,10 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              "Score: evaluation return at the step budget (the mean over the evaluation episodes of each seed; "
              "deterministic, and stochastic beside it); IQM across seeds, with a stratified-bootstrap 95% interval "
              f"(rliable) from {MIN_SEEDS_FOR_CI} seeds on and the seeds' min-max below; mean +/- the sample std "
-             "over seeds; steps/s is the "
+             "over seeds; entropy is the policy's entropy estimate as training logs it, in nats over the action "
+             "dimensions (-E[L] plus the measured gap for DiffSAC and DiffWPO, -E[L] for DiffPPO, -E[log pi] for a "
+             "Gaussian), averaged over the last tenth of the budget and over seeds: one temperature is not one "
+             "entropy (docs/algorithms.md, section 8); steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
              markdown_table(rows), ""]
@@ -503,6 +524,7 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()},
              "stochastic_scores": {str(seed): score for seed, score in row["stochastic_scores"].items()},
+             "entropy": {str(seed): value for seed, value in row["entropy"].items()},
              "partial": {str(seed): {"step": step, "score": score} for seed, (step, score) in row["partial"].items()}}
             for row in rows]
 
