@@ -15,8 +15,8 @@ from click.testing import CliRunner
 
 from diffagent import Agent, ConfigError, DiffAgentError
 from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, performance_profile,
-                             probability_of_improvement, read_curve, run_grid, score_at, seed_interval, steps_to_reach,
-                             summarize, train_sb3, write_report)
+                             probability_of_improvement, read_curve, run_grid, runner, score_at, seed_interval,
+                             steps_to_reach, summarize, train_sb3, write_report)
 from diffagent.bench.stats import iqm_curve
 from diffagent.cli import main
 from diffagent.io import run_lock
@@ -242,6 +242,20 @@ def test_one_directory_cannot_be_trained_twice_at_once(tmp_path):
             assert grid.jobs[0].is_running()
             outcome = run_grid(grid, echo=lambda _: None, poll_seconds=0.2)
         assert outcome["skipped"] == [grid.jobs[0].name]
+
+
+@pytest.mark.artifacts
+def test_a_runner_that_loses_a_job_to_another_in_the_same_instant_skips_it(tmp_path, monkeypatch):
+    # Both runners' claims passed before either training took the lock: the second training is refused.
+    grid = load_grid(write_grid(tmp_path, 100, seeds=(0,)))
+    job = grid.jobs[0]
+    monkeypatch.setattr(runner, "claim", lambda job: "new")
+    messages = []
+    with run_lock(job.run_dir):  # the first runner's training
+        outcome = run_grid(grid, echo=messages.append, poll_seconds=0.2)
+    assert outcome["skipped"] == [job.name] and not outcome["failed"], messages
+    assert f"skip {job.name}: another process is training it" in messages
+    assert "being trained by another process" in (job.run_dir / "train.log").read_text()
 
 
 @pytest.mark.artifacts

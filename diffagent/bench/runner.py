@@ -50,7 +50,7 @@ def run_grid(grid: Grid, parallel: int | None = None, echo: Callable[[str], None
     locked by a training still running (another runner's, or one started by hand) is skipped. The
     runner checks and tidies a job under its lock, and the training it starts takes the lock itself,
     so a run is never trained by two processes at once: of two runners that start one job in the
-    same instant, the second's training is refused and reported failed. Each job's output goes to
+    same instant, the second's training is refused and reported skipped. Each job's output goes to
     RUN_DIR/train.log. A run that finishes is archived (the grid's `archive`, see archive_run). Returns the job
     names per outcome: already_done, trained, failed, skipped.
     """
@@ -148,9 +148,10 @@ def stop_trainings(trainings: list[Training]) -> None:
 
 def report(job: Job, status: str, returncode: int | None, minutes: float, outcome: dict[str, list[str]],
            echo: Callable[[str], None]) -> None:
-    """Record how a claimed job ended in `outcome`, and say it: skipped (LOCKED), already done, trained (then
-    archived), or failed (exit code `returncode`)."""
-    if status == LOCKED:
+    """Record how a claimed job ended in `outcome`, and say it: skipped (LOCKED, or its training refused because
+    another runner claimed the job in the same instant and holds it now), already done, trained (then archived),
+    or failed (exit code `returncode`)."""
+    if status == LOCKED or (returncode not in (None, 0) and job.is_running()):
         outcome["skipped"].append(job.name)
         echo(f"skip {job.name}: another process is training it")
     elif status == "done":  # finished meanwhile by another runner on the same runs
