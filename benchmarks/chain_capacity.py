@@ -8,7 +8,8 @@ the loss is alpha E[L(s, chain) - log pi_SAC(a|s)] (V drops out of every gradien
 chain to pi_SAC plus the chain's bound gap, minimised on states that pi_SAC visits, with the actor's optimiser and
 batch (zoo/hyperparams/Hopper-v4.toml: Adam, lr 1e-3, batch 256). A fresh Gaussian policy (SAC's own class) is
 fitted the same way beside it. After each budget of updates: the loss, -E[L], and the Hopper return of the fitted
-policy (deterministic episodes, as the campaign evaluates).
+policy (deterministic episodes, as the campaign evaluates), and its entropy by nearest neighbours
+(`diffagent.policies.entropy.knn_entropy`), the true entropy where -E[L] is only a lower bound for a chain.
 
     python benchmarks/chain_capacity.py --updates 1000,3000,10000,30000 --episodes 5
 
@@ -16,7 +17,9 @@ policy (deterministic episodes, as the campaign evaluates).
 where it is? The loss is then the run's own actor loss against its frozen critic, E[L - min Q(s, a) / alpha] at the
 run's alpha, on states from its replay buffer, and `own` among the students continues the run's own policy. If a
 fresh Gaussian fitted to DiffSAC's critic acts far better than DiffSAC's chain, the critic knew a better policy
-than the chain took; if not, the critic (and the data it learned from) is where DiffSAC stands.
+than the chain took; if not, the critic (and the data it learned from) is where DiffSAC stands. With `sac,diffsac`
+on one run's critic it also says whether, at one temperature and one critic, the chain settles hotter than the
+Gaussian (compare their `entropy_knn`).
 
     python benchmarks/chain_capacity.py --teacher run:runs/campaign/Hopper-v4/diffsac/s0 --students sac,own,diffsac
 """
@@ -98,6 +101,18 @@ class RunCriticTeacher:
         return algorithm.critic(algorithm.policy.obs_normalizer(obs), sample.action).min(0).values / self.alpha
 
 
+def entropy_and_gap(policy, states: torch.Tensor, chunk: int = 16) -> tuple[float, float]:
+    """A policy's mean entropy over `states` by nearest neighbours (2,048 actions each, `chunk` states at a time to
+    bound the distance matrices' memory), and how far -E[L] on the same states (512 chains each) sits below it."""
+    from diffagent.policies.entropy import knn_entropy
+
+
+    entropy = torch.cat([knn_entropy(policy, part) for part in states.split(chunk)])
+    with torch.no_grad():
+        lower = -policy.sample(states.repeat_interleave(512, 0)).log_ratio.view(len(states), 512).mean(1)
+    return float(entropy.mean()), float((entropy - lower).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", default="1000,3000,10000,30000", help="budgets at which the fit is scored")
@@ -108,6 +123,8 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=20_000, help="teacher states to fit on")
     parser.add_argument("--episodes", type=int, default=5, help="deterministic Hopper episodes per score")
     parser.add_argument("--actor-lr", type=float, default=None, help="Adam's learning rate (default: the zoo's)")
+    parser.add_argument("--knn-states", type=int, default=64,
+                        help="states on which each fit's entropy is estimated by nearest neighbours")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=Path(__file__).resolve().parent / "results" / "chain_capacity.json")
     args = parser.parse_args()
@@ -125,7 +142,10 @@ def main() -> None:
     else:
         parser.error(f"--teacher {args.teacher!r}: give zoo or run:RUN_DIR")
     states = teacher.states
+    picked = torch.randperm(len(states), generator=torch.Generator().manual_seed(args.seed))[:args.knn_states]
+    teacher_entropy, teacher_gap = entropy_and_gap(teacher.agent.policy, states[picked])
     print(f"teacher {teacher.name}: {len(states)} states, its policy's -E[L] {teacher.entropy:.3f} nats, "
+          f"entropy {teacher_entropy:.3f} on {len(picked)} states (gap {teacher_gap:.3f}), "
           f"return {teacher.return_:.0f}", flush=True)
 
     budgets = sorted(map(int, args.updates.split(",")))
@@ -155,10 +175,12 @@ def main() -> None:
             fit_seconds += time.process_time() - started
             with torch.no_grad():
                 minus_mean_l = float(-student.policy.sample(states[:4096]).log_ratio.mean())
+            entropy, gap = entropy_and_gap(student.policy, states[picked])
             evaluation = student.evaluate(args.episodes)
             rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget,
                          "loss_nats": float(np.mean(losses[-200:])), "minus_mean_L": minus_mean_l,
-                         "teacher_entropy": teacher.entropy,
+                         "entropy_knn": entropy, "gap_knn": gap, "teacher_entropy": teacher.entropy,
+                         "teacher_entropy_knn": teacher_entropy, "teacher_gap_knn": teacher_gap,
                          "return": evaluation.mean, "return_std": evaluation.std, "teacher_return": teacher.return_,
                          "fit_cpu_s": fit_seconds})
             print(rows[-1], flush=True)
