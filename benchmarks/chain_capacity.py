@@ -123,6 +123,9 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=20_000, help="teacher states to fit on")
     parser.add_argument("--episodes", type=int, default=5, help="deterministic Hopper episodes per score")
     parser.add_argument("--actor-lr", type=float, default=None, help="Adam's learning rate (default: the zoo's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a hyperparameter of the fresh students, over the zoo's (repeatable), e.g. "
+                             "learn_backward_kernel=true")
     parser.add_argument("--knn-states", type=int, default=64,
                         help="states on which each fit's entropy is estimated by nearest neighbours")
     parser.add_argument("--seed", type=int, default=0)
@@ -132,6 +135,7 @@ def main() -> None:
 
     from diffagent import Agent
     from diffagent.bench.grid import load_hyperparameters
+    from diffagent.config import applicable, parse_overrides
 
     if "own" in args.students.split(",") and not args.teacher.startswith("run:"):
         parser.error("the student `own` needs --teacher run:RUN_DIR")
@@ -151,10 +155,12 @@ def main() -> None:
     budgets = sorted(map(int, args.updates.split(",")))
     rows = []
     for algo in args.students.split(","):
+        overrides = {} if algo == "own" else applicable(algo, parse_overrides(args.overrides))
         if algo == "own":
             student = teacher.agent
         else:
-            student = Agent(algo, ENV_ID, seed=args.seed, **load_hyperparameters(HYPERPARAMETERS, algo))
+            settings = load_hyperparameters(HYPERPARAMETERS, algo) | overrides
+            student = Agent(algo, ENV_ID, seed=args.seed, **settings)
             student.policy.obs_normalizer.update(states)  # a no-op unless the policy normalises observations
         learning_rate = args.actor_lr or student.config.algorithm.actor_lr
         optimizer = torch.optim.Adam(student.policy.parameters(), lr=learning_rate, fused=True)
@@ -177,7 +183,8 @@ def main() -> None:
                 minus_mean_l = float(-student.policy.sample(states[:4096]).log_ratio.mean())
             entropy, gap = entropy_and_gap(student.policy, states[picked])
             evaluation = student.evaluate(args.episodes)
-            rows.append({"student": algo, "actor_lr": learning_rate, "updates": budget,
+            rows.append({"student": algo, "settings": " ".join(f"{k}={v}" for k, v in overrides.items()),
+                         "actor_lr": learning_rate, "updates": budget,
                          "loss_nats": float(np.mean(losses[-200:])), "minus_mean_L": minus_mean_l,
                          "entropy_knn": entropy, "gap_knn": gap, "teacher_entropy": teacher.entropy,
                          "teacher_entropy_knn": teacher_entropy, "teacher_gap_knn": teacher_gap,
