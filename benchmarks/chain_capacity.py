@@ -106,7 +106,6 @@ def entropy_and_gap(policy, states: torch.Tensor, chunk: int = 16) -> tuple[floa
     bound the distance matrices' memory), and how far -E[L] on the same states (512 chains each) sits below it."""
     from diffagent.policies.entropy import knn_entropy
 
-
     entropy = torch.cat([knn_entropy(policy, part) for part in states.split(chunk)])
     with torch.no_grad():
         lower = -policy.sample(states.repeat_interleave(512, 0)).log_ratio.view(len(states), 512).mean(1)
@@ -155,12 +154,11 @@ def main() -> None:
     budgets = sorted(map(int, args.updates.split(",")))
     rows = []
     for algo in args.students.split(","):
-        overrides = {} if algo == "own" else applicable(algo, parse_overrides(args.overrides))
         if algo == "own":
-            student = teacher.agent
+            student, overrides = teacher.agent, {}
         else:
-            settings = load_hyperparameters(HYPERPARAMETERS, algo) | overrides
-            student = Agent(algo, ENV_ID, seed=args.seed, **settings)
+            overrides = applicable(algo, parse_overrides(args.overrides))
+            student = Agent(algo, ENV_ID, seed=args.seed, **(load_hyperparameters(HYPERPARAMETERS, algo) | overrides))
             student.policy.obs_normalizer.update(states)  # a no-op unless the policy normalises observations
         learning_rate = args.actor_lr or student.config.algorithm.actor_lr
         optimizer = torch.optim.Adam(student.policy.parameters(), lr=learning_rate, fused=True)
