@@ -23,12 +23,14 @@ ZOO = Path(__file__).parent.parent / "zoo"
 MODELS = sorted(p for p in (ZOO / "models").glob("*") if (p / "config.json").is_file())
 
 
-@pytest.mark.parametrize("grid", sorted((ZOO / "grids").glob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("grid", sorted((ZOO / "grids").rglob("*.toml")), ids=lambda p: p.stem)
 def test_every_grid_and_its_hyperparameters_parse(grid):
     jobs = load_grid(grid).jobs  # every env, algorithm, hyperparameter file and override checked
+    assert jobs
+    if grid.parent.name == "fidelity":
+        return  # the fidelity sweeps measure the library's defaults too (docs/algorithms.md, section 8)
     # an SB3 run's settings are rl-baselines3-zoo's, named in diffagent/bench/sb3.py
-    assert jobs and all(job.hyperparams is not None for job in jobs if not is_sb3(job.algo)), \
-        "a zoo run must name its settings"
+    assert all(job.hyperparams is not None for job in jobs if not is_sb3(job.algo)), "a zoo run must name its settings"
 
 
 @pytest.mark.parametrize("env_file", sorted((ZOO / "hyperparams").glob("*.toml")), ids=lambda p: p.stem)
