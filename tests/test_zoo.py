@@ -23,7 +23,7 @@ ZOO = Path(__file__).parent.parent / "zoo"
 MODELS = sorted(p for p in (ZOO / "models").glob("*") if (p / "config.json").is_file())
 
 
-@pytest.mark.parametrize("grid", sorted((ZOO / "grids").rglob("*.toml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("grid", sorted((ZOO / "grids").rglob("*.toml")), ids=lambda p: str(p.relative_to(ZOO / "grids")))
 def test_every_grid_and_its_hyperparameters_parse(grid):
     jobs = load_grid(grid).jobs  # every env, algorithm, hyperparameter file and override checked
     assert jobs
