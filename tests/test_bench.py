@@ -17,6 +17,7 @@ from diffagent import Agent, ConfigError, DiffAgentError
 from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, performance_profile,
                              probability_of_improvement, read_curve, run_grid, runner, score_at, seed_interval,
                              steps_to_reach, summarize, train_sb3, write_report)
+from diffagent.bench.report import verdict
 from diffagent.bench.stats import iqm_curve
 from diffagent.cli import main
 from diffagent.io import run_lock
@@ -84,6 +85,13 @@ def test_probability_of_improvement_profiles_and_steps_to_reach_a_return():
     assert iqm([100.0, 200.0, math.inf, 300.0, 400.0]) == 300.0  # a seed that never got there: above every other
     centre, band = iqm_curve(np.array([[1.0, 2.0], [3.0, 4.0]]))
     np.testing.assert_allclose(centre, [2.0, 3.0]) and band is None  # 2 seeds: no bootstrap band
+
+
+@pytest.mark.math
+def test_a_comparison_is_won_lost_or_tied_by_where_its_interval_lies():
+    assert verdict((0.55, 0.9)) == "wins" and verdict((0.1, 0.45)) == "loses"
+    assert verdict((0.4, 0.7)) == verdict((0.5, 0.8)) == "ties"  # an interval that holds 0.5 resolves nothing
+    assert verdict(None) is None  # fewer than 5 seeds: nothing is claimed
 
 
 @pytest.mark.math
@@ -439,6 +447,13 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert "| - | " in rows["| Hopper-v4", "sb3-sac"]  # Stable-Baselines3's runs log no entropy
     assert "| 100 | diffsac | sb3-sac | Hopper-v4 | 5 vs 1 | - (needs 5 seeds of both) |" in text
     assert "| 100 | diffsac | sac | Hopper-v4 + Walker2d-v4 | 5 vs 5 | 0.92 [95% CI 0.78, 1.00] |" in text
+    # the same comparisons in words
+    assert ("- **diffsac wins against sac** on Hopper-v4 + Walker2d-v4 at 100 steps: P(diffsac > sac) = 0.92 "
+            "[95% CI 0.78, 1.00].") in text
+    assert "- **diffsac wins against sac** on Hopper-v4 at 100 steps: P(diffsac > sac) = " in text
+    assert "; IQM 1,500 against 1,200." in text
+    unjudged = next(line for line in text.splitlines() if line.startswith("- Not judged yet, fewer than 5 seeds"))
+    assert "; diffsac against sb3-sac on Hopper-v4 at 100 steps (5 vs 1)" in unjudged
     assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.75 [95% CI " in text  # IQM of normalised scores
     # an algorithm missing from an env is named, and the others keep both envs
     assert "| 100 | Hopper-v4, Walker2d-v4 | sb3-sac | - | not on every env yet (none finished on Walker2d-v4) |" in text

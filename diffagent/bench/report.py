@@ -5,7 +5,7 @@ rebuilds from git alone):
   stratified-bootstrap 95% interval from 5 seeds on (the seeds' min-max below, named so), the policy's entropy
   estimate at the end, beside the published references;
 - each algorithm's probability of improvement over its Gaussian base and over Stable-Baselines3's of its family,
-  per env and across envs, with its interval from 5 seeds on;
+  per env and across envs, with its interval from 5 seeds on, and in words: wins, ties or loses;
 - across envs, the IQM of scores normalised by each env's random and expert returns (references file), and
   performance profiles;
 - sample efficiency: the steps each run took to first reach the grid's target return on an env;
@@ -260,8 +260,41 @@ def improvements(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         continue
                     p, interval = probability_of_improvement(better, base)
                     comparisons.append({"steps": budget, "algo": algo, "against": opponent, "envs": group,
-                                        "seeds": (len(seeds), len(opponent_seeds)), "p": p, "ci": interval})
+                                        "seeds": (len(seeds), len(opponent_seeds)), "p": p, "ci": interval,
+                                        "verdict": verdict(interval)})
     return comparisons
+
+
+def verdict(interval: tuple[float, float] | None) -> str | None:
+    """What a probability of improvement's 95% interval says: "wins" when it lies above 0.5, "loses" below, "ties"
+    when it holds 0.5 (no difference these seeds can resolve); None without an interval (fewer than
+    MIN_SEEDS_FOR_CI seeds of either), when nothing is claimed."""
+    if interval is None:
+        return None
+    low, high = interval
+    return "wins" if low > 0.5 else "loses" if high < 0.5 else "ties"
+
+
+def verdict_lines(comparisons: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """One plain sentence per judged comparison (who wins, ties or loses against whom, where, with the probability
+    of improvement and, on one env, both IQMs), then one line naming those with too few seeds to judge."""
+    at = _rows_at(rows)
+    lines, unjudged = [], []
+    for c in comparisons:
+        where = f"on {' + '.join(c['envs'])} at {c['steps']:,} steps"
+        if c["verdict"] is None:
+            unjudged.append(f"{c['algo']} against {c['against']} {where} ({c['seeds'][0]} vs {c['seeds'][1]})")
+            continue
+        sentence = (f"- **{c['algo']} {c['verdict']} against {c['against']}** {where}: P({c['algo']} > "
+                    f"{c['against']}) = {_format_probability(c)}")
+        if len(c["envs"]) == 1:
+            ours, theirs = (at[c["steps"]][(c["envs"][0], algo)] for algo in (c["algo"], c["against"]))
+            sentence += f"; IQM {ours['iqm']:,.0f} against {theirs['iqm']:,.0f}"
+        lines.append(sentence + ".")
+    if unjudged:
+        lines.append(f"- Not judged yet, fewer than {MIN_SEEDS_FOR_CI} seeds of one side (seeds finished): "
+                     + "; ".join(unjudged) + ".")
+    return lines
 
 
 def _format_probability(entry: dict[str, Any]) -> str:
@@ -484,7 +517,10 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
                   "averaged over envs in the rows that join several (on the seeds finished on all of them); 0.5 is a "
                   f"tie. It is printed with its stratified-bootstrap 95% interval once both have {MIN_SEEDS_FOR_CI} "
                   "seeds: no comparison is claimed from fewer (the JSON keeps the estimate).", "",
-                  improvements_table(comparisons), ""]
+                  improvements_table(comparisons), "",
+                  "In words: an algorithm wins when the interval lies above 0.5, loses when it lies below, and ties "
+                  "when it holds 0.5 (no difference these seeds resolve).", "",
+                  *verdict_lines(comparisons, rows), ""]
     if groups:
         lines += ["## Across envs", "",
                   "Scores normalised per env, 0 at a random policy's return and 1 at an expert's (the references "
