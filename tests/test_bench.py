@@ -441,7 +441,11 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert "1,500.0 +/- 158.1 |" in text  # the sample std over seeds
     # the stochastic return of the seeds that recorded it at the budget's evaluation, never an earlier one
     assert "[min-max 1,250.0, 1,450.0] (3 of the 5 seeds) |" in text
-    rows = {tuple(line.split(" | ")[:2]): line for line in text.splitlines() if line.startswith("| ")}
+    rows = {}  # the results table's rows: the first of each (env, algo)
+    for line in text.splitlines():
+        if line.startswith("| "):
+            rows.setdefault(tuple(line.split(" | ")[:2]), line)
+    assert "| Hopper-v4 | diffsac | 100 | 1,300 (975) | 1,400 (1,050) |" in text  # per seed, the mean of its last (up to five) evaluations
     assert "| 1.50 | " in rows["| Hopper-v4", "diffsac"]  # the mean of the last tenth's logs, over seeds
     assert "| 0.00 (4 of the 5 seeds) | " in rows["| Walker2d-v4", "sac"]
     assert "| - | " in rows["| Hopper-v4", "sb3-sac"]  # Stable-Baselines3's runs log no entropy
@@ -463,6 +467,31 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert numbers["across_envs"][0]["profiles"]["diffsac"]["band"] is not None
     pytest.importorskip("matplotlib")
     assert (tmp_path / "results" / "five-summary.png").stat().st_size > 1000
+
+
+@pytest.mark.artifacts
+def test_each_seed_shows_its_score_its_recent_mean_or_how_far_it_got(tmp_path):
+    write_archived_run(tmp_path / "archive" / "Hopper-v4" / "sac" / "s0",
+                       {10: 100.0, 20: 200.0, 30: 300.0, 40: 400.0, 50: 500.0, 60: 600.0, 70: 9000.0})
+    write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s1", {10: 150.0, 20: 250.0})  # still training
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "seeds"
+        out = "{tmp_path / 'runs'}"
+        archive = "{tmp_path / 'archive'}"
+        results = "{tmp_path / 'results'}"
+        [[experiment]]
+        envs = ["Hopper-v4"]
+        algos = ["sac"]
+        seeds = [0, 1, 2]
+        steps = 60
+        eval_every = 10
+    """))
+    text = write_report(load_grid(grid_file), echo=lambda _: None).read_text()
+    # seed 0: the evaluation at the budget, and the last five up to it (20k-60k), not the one after it
+    assert "| Hopper-v4 | sac | 60 | 600 (400) | at 20: 250 | - |" in text
+    numbers = json.loads((tmp_path / "results" / "seeds.json").read_text())
+    assert numbers["rows"][0]["recent_scores"] == {"0": 400.0}
 
 
 @pytest.mark.artifacts

@@ -4,6 +4,7 @@ rebuilds from git alone):
 - per (env, algo, budget): the IQM over seeds of the deterministic return, and of the stochastic one, with a
   stratified-bootstrap 95% interval from 5 seeds on (the seeds' min-max below, named so), the policy's entropy
   estimate at the end, beside the published references;
+- per seed: the score at the budget and the mean of the last evaluations up to it, or how far it got;
 - each algorithm's probability of improvement over its Gaussian base and over Stable-Baselines3's of its family,
   per env and across envs, with its interval from 5 seeds on, and in words: wins, ties or loses;
 - across envs, the IQM of scores normalised by each env's random and expert returns (references file), and
@@ -64,6 +65,8 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
             "versions": versions}
 
 
+# A per-seed score beside the one at the budget: the mean of this many evaluations up to it.
+RECENT_EVALUATIONS = 5
 REFERENCE_KEYS = {"env", "algo", "steps", "mean", "std", "source"}
 NORMALIZATION_KEYS = {"env", "random", "expert", "source"}
 
@@ -145,7 +148,7 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
     for (env_id, algo), budgets in grid.budgets.items():
         for budget in sorted(budgets):
             jobs = [j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.steps >= budget]
-            scores, stochastic, entropy, times, missing, partial = {}, {}, {}, [], [], {}
+            scores, recent, stochastic, entropy, times, missing, partial = {}, {}, {}, {}, [], [], {}
             for job in jobs:
                 curve = curves.deterministic[job.run_dir]
                 step = step_at(curve, budget)
@@ -155,6 +158,8 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                         partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
                 scores[job.seed] = curve[step]
+                evaluations = _curve_to_budget(curve, budget)
+                recent[job.seed] = float(np.mean([evaluations[s] for s in sorted(evaluations)[-RECENT_EVALUATIONS:]]))
                 stochastic_score = curves.stochastic[job.run_dir].get(step)  # the same evaluation's
                 if stochastic_score is not None:  # absent from runs recorded before it was
                     stochastic[job.seed] = stochastic_score
@@ -166,7 +171,8 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                     times.append(speed)
             values = list(scores.values())
             row = {"env": env_id, "algo": algo, "steps": budget, "seeds": sorted(scores), "missing_seeds": missing,
-                   "partial": partial, "scores": scores, "stochastic_scores": stochastic, "entropy": entropy,
+                   "partial": partial, "scores": scores, "recent_scores": recent, "stochastic_scores": stochastic,
+                   "entropy": entropy,
                    "reference": _reference_for(references, env_id, algo, budget),
                    "command": shlex.join(jobs[0].train_command()), "steps_per_second": float(np.median(times)) if times else None}
             if values:
@@ -176,6 +182,25 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                 row["stochastic"] = _iqm_with_interval(list(stochastic.values()))
             rows.append(row)
     return rows
+
+
+def per_seed_table(rows: list[dict[str, Any]]) -> str:
+    """Each seed's score at the budget with the mean of its last RECENT_EVALUATIONS evaluations (one evaluation
+    swings widely on MuJoCo), or how far an unfinished seed got."""
+    seeds = sorted({seed for row in rows for seed in [*row["seeds"], *row["missing_seeds"]]})
+    cells = []
+    for row in rows:
+        line = [row["env"], row["algo"], f"{row['steps']:,}"]
+        for seed in seeds:
+            if seed in row["scores"]:
+                line.append(f"{row['scores'][seed]:,.0f} ({row['recent_scores'][seed]:,.0f})")
+            elif seed in row["partial"]:
+                step, score = row["partial"][seed]
+                line.append(f"at {step:,}: {score:,.0f}")
+            else:
+                line.append("-")
+        cells.append(line)
+    return _table(["env", "algo", "steps", *(f"seed {seed}" for seed in seeds)], cells)
 
 
 def _format_centre(value: float, interval: str, low: float, high: float, seeds: int, digits: int = 1) -> str:
@@ -508,7 +533,10 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
              "entropy (docs/algorithms.md, section 8); steps/s is the "
              "median over seeds of each whole run, evaluations included (one thread per run). Each run's own "
              "machine, versions and wall time are in its results.json.", "",
-             markdown_table(rows), ""]
+             markdown_table(rows), "",
+             f"Per seed: the score at the budget, the mean of the last {RECENT_EVALUATIONS} evaluations up to it in "
+             "parentheses; an unfinished seed, its last evaluation.", "",
+             per_seed_table(rows), ""]
     for env_id, png in figures.items():
         lines += [f"![{env_id}]({png})", ""]
     if comparisons:
@@ -559,6 +587,7 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, "scores": {str(seed): score for seed, score in row["scores"].items()},
+             "recent_scores": {str(seed): score for seed, score in row["recent_scores"].items()},
              "stochastic_scores": {str(seed): score for seed, score in row["stochastic_scores"].items()},
              "entropy": {str(seed): value for seed, value in row["entropy"].items()},
              "partial": {str(seed): {"step": step, "score": score} for seed, (step, score) in row["partial"].items()}}
