@@ -18,7 +18,7 @@ import click
 
 from diffagent.agent import Agent
 from diffagent.bench import (load_grid, load_hyperparameters, read_curve, run_grid, run_grid_on_ray,
-                             split_env_settings, write_report)
+                             split_env_settings, training_time_left, write_report)
 from diffagent.bench.sb3 import SB3_ALGORITHMS, parse_sb3_overrides, train_sb3
 from diffagent.config import ALGORITHMS, make_config, parse_overrides
 from diffagent.envs import import_packages, parse_env_kwargs, split_env_id
@@ -229,17 +229,30 @@ def bench_run(grid_file, parallel, backend, address, archive, dry_run):
 
 @bench.command("status")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
+@click.option("--archive", type=click.Path(file_okay=False), default=None,
+              help="Read archived runs here instead of the grid's `archive` (as `bench run --archive`).")
 @friendly_errors
-def bench_status(grid_file):
-    """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached; a run
-    known here only from its archived files says so."""
-    for job in load_grid(grid_file).jobs:
+def bench_status(grid_file, archive):
+    """List the runs of GRID_FILE (done, running, resume, new or stale) and the steps each has reached, a run
+    known here only from its archived files saying so; then the count of each and the training time left at the
+    pace of the grid's finished runs."""
+    grid = load_grid(grid_file, archive=archive)
+    counts: dict[str, int] = {}
+    for job in grid.jobs:
         curve = read_curve(job.source_dir())
         reached = f"{max(curve):,} steps, last eval {curve[max(curve)]:.1f}" if curve else "no evaluation yet"
         if job.is_archived_only():
             reached += f" (archived in {job.archive_dir})"
         status = "running" if job.is_running() else job.status()
+        counts[status] = counts.get(status, 0) + 1
         click.echo(f"{status:7s} {job.name}: {reached}")
+    seconds, unknown = training_time_left(grid)
+    amount = f"{seconds / 3600:,.1f} core-hours" if seconds >= 3600 else f"{seconds / 60:.1f} core-minutes"
+    left = (f"about {amount} of training left at the pace of this grid's finished runs (the median of each env "
+            "and algorithm's)")
+    if unknown:
+        left += f", besides {len(unknown)} runs with no finished run of their env and algorithm to go by"
+    click.echo(f"{len(grid.jobs)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + f"; {left}.")
 
 
 @bench.command("report")

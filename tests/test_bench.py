@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from diffagent import Agent, ConfigError, DiffAgentError
 from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, performance_profile,
                              probability_of_improvement, read_curve, run_grid, runner, score_at, seed_interval,
-                             steps_to_reach, summarize, train_sb3, write_report)
+                             steps_to_reach, summarize, train_sb3, training_time_left, write_report)
 from diffagent.bench.report import verdict
 from diffagent.bench.stats import iqm_curve
 from diffagent.cli import main
@@ -492,6 +492,39 @@ def test_each_seed_shows_its_score_its_recent_mean_or_how_far_it_got(tmp_path):
     assert "| Hopper-v4 | sac | 60 | 600 (400) | at 20: 250 | - |" in text
     numbers = json.loads((tmp_path / "results" / "seeds.json").read_text())
     assert numbers["rows"][0]["recent_scores"] == {"0": 400.0}
+
+
+@pytest.mark.artifacts
+def test_status_counts_the_runs_and_the_training_time_left_at_the_finished_runs_pace(tmp_path):
+    archive = tmp_path / "elsewhere"  # the checkout that commits the runs, named on the command line
+    for seed, seconds in ((0, 10.0), (1, 30.0), (2, 20.0)):  # 100 steps each: 10, 3.3 and 5 steps/s
+        write_archived_run(archive / "Hopper-v4" / "sac" / f"s{seed}", {50: 1.0, 100: 2.0})
+        results = archive / "Hopper-v4" / "sac" / f"s{seed}" / "results.json"
+        results.write_text(json.dumps({"total_steps": 100, "train_time_s": seconds}))
+    write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s3", {50: 1.0})  # half way, not finished
+    (tmp_path / "runs" / "Hopper-v4" / "sac" / "s3" / "results.json").unlink()
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "pace"
+        out = "{tmp_path / 'runs'}"
+        [[experiment]]
+        envs = ["Hopper-v4"]
+        algos = ["sac", "diffsac"]
+        seeds = [0, 1, 2, 3, 4]
+        steps = 100
+        eval_every = 50
+    """))
+    grid = load_grid(grid_file, archive=archive)
+    seconds, unknown = training_time_left(grid)
+    # at the median pace, 5 steps/s: 50 steps of seed 3 and 100 of seed 4; no diffsac run has finished
+    assert seconds == pytest.approx(30.0) and [job.name for job in unknown] == [
+        f"diffsac Hopper-v4 seed {seed} (100 steps)" for seed in range(5)]
+    result = CliRunner().invoke(main, ["bench", "status", str(grid_file), "--archive", str(archive)])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[-1] == (
+        "10 runs: 3 done, 7 new; about 0.5 core-minutes of training left at the pace of this grid's finished runs "
+        "(the median of each env and algorithm's), besides 5 runs with no finished run of their env and algorithm "
+        "to go by.")
 
 
 @pytest.mark.artifacts

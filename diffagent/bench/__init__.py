@@ -17,7 +17,7 @@ from the registry, diffagent.config.ALGORITHMS, and for SB3's algorithms from sb
 """
 
 from diffagent.bench.grid import (Grid, Job, archive_run, load_grid, load_hyperparameters, read_curve,
-                                  split_env_settings)
+                                  split_env_settings, training_time_left)
 from diffagent.bench.report import machine_info, summarize, write_report
 from diffagent.bench.ray_backend import run_grid_on_ray
 from diffagent.bench.runner import run_grid
@@ -26,6 +26,7 @@ from diffagent.bench.stats import (bootstrap_interval, iqm, performance_profile,
                                    score_at, seed_interval, steps_to_reach)
 
 __all__ = ["Grid", "Job", "load_grid", "load_hyperparameters", "split_env_settings", "read_curve", "archive_run",
+           "training_time_left",
            "run_grid", "run_grid_on_ray", "summarize", "write_report", "machine_info", "SB3_ALGORITHMS", "train_sb3",
            "bootstrap_interval", "seed_interval", "iqm", "probability_of_improvement", "performance_profile",
            "score_at", "steps_to_reach"]

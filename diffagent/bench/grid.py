@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -383,6 +384,37 @@ def read_curves(run_dir: Path, keys: tuple[str, ...]) -> dict[str, dict[int, flo
     run never logged."""
     records = read_jsonl(run_dir / METRICS_FILE)
     return {key: {int(record["step"]): float(record[key]) for record in records if key in record} for key in keys}
+
+
+def steps_per_second(run_dir: Path) -> float | None:
+    """A finished run's whole-run speed, evaluations included (its results.json), or None."""
+    try:
+        results = json.loads((run_dir / RESULTS_FILE).read_text())
+        return results["total_steps"] / results["train_time_s"]
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
+def training_time_left(grid: Grid) -> tuple[float, list[Job]]:
+    """Seconds of one core's training left in `grid` at the pace its finished runs kept here: each unfinished
+    run's remaining steps (past its last evaluation) at the median speed of the finished runs of its env and
+    algorithm; and the unfinished runs with no finished run of their kind to go by, which the sum leaves out."""
+    speeds: dict[tuple[str, str], list[float]] = {}
+    unfinished = []
+    for job in grid.jobs:
+        if job.status() != "done":
+            unfinished.append(job)
+        elif (speed := steps_per_second(job.source_dir())) is not None:
+            speeds.setdefault((job.env_id, job.algo), []).append(speed)
+    seconds, unknown = 0.0, []
+    for job in unfinished:
+        pace = speeds.get((job.env_id, job.algo))
+        if not pace:
+            unknown.append(job)
+            continue
+        reached = max(read_curve(job.source_dir()), default=0)
+        seconds += max(job.steps - reached, 0) / statistics.median(pace)
+    return seconds, unknown
 
 
 def last_metrics(run_dir: Path) -> dict[str, Any]:

@@ -32,7 +32,8 @@ import numpy as np
 
 from diffagent.agent import Agent
 from diffagent.bench.grid import (DETERMINISTIC_RETURN, ENTROPY_ESTIMATE, STOCHASTIC_RETURN, Grid, algo_family,
-                                  archive_run, env_file_name, is_on_policy, last_metrics, read_curves, read_toml)
+                                  archive_run, env_file_name, is_on_policy, last_metrics, read_curves, read_toml,
+                                  steps_per_second)
 from diffagent.bench.plots import plot_curves, plot_summary
 from diffagent.bench.sb3 import is_sb3
 from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
@@ -106,15 +107,6 @@ def _reference_for(references: list[dict], env_id: str, algo: str, steps: int) -
     return "; ".join(f"{family.upper()} {r['mean']:,.0f} +/- {r['std']:,.0f} ({r['source']})" for r in found) or "-"
 
 
-def _steps_per_second(run_dir: Path) -> float | None:
-    """Whole-run speed of a finished run, evaluations included (results.json)."""
-    try:
-        results = json.loads((run_dir / RESULTS_FILE).read_text())
-        return results["total_steps"] / results["train_time_s"]
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
-        return None
-
-
 class _Curves:
     """Every run's deterministic and stochastic curves and its logged entropy estimate, each metrics file read once,
     from its run directory or its archived copy."""
@@ -166,7 +158,7 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                 final_entropy = _final_entropy(curves.entropy[job.run_dir], budget)
                 if final_entropy is not None:
                     entropy[job.seed] = final_entropy
-                speed = _steps_per_second(job.source_dir())
+                speed = steps_per_second(job.source_dir())
                 if speed:
                     times.append(speed)
             values = list(scores.values())
