@@ -469,25 +469,30 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert (tmp_path / "results" / "five-summary.png").stat().st_size > 1000
 
 
+def write_hopper_grid(root: Path, name: str, algos: list[str], seeds: int, steps: int, eval_every: int) -> Path:
+    """A grid of Hopper-v4 runs in ROOT/runs, its results in ROOT/results (its archive named when it is loaded)."""
+    grid_file = root / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "{name}"
+        out = "{root / 'runs'}"
+        results = "{root / 'results'}"
+        [[experiment]]
+        envs = ["Hopper-v4"]
+        algos = {json.dumps(algos)}
+        seeds = {list(range(seeds))}
+        steps = {steps}
+        eval_every = {eval_every}
+    """))
+    return grid_file
+
+
 @pytest.mark.artifacts
 def test_each_seed_shows_its_score_its_recent_mean_or_how_far_it_got(tmp_path):
     write_archived_run(tmp_path / "archive" / "Hopper-v4" / "sac" / "s0",
                        {10: 100.0, 20: 200.0, 30: 300.0, 40: 400.0, 50: 500.0, 60: 600.0, 70: 9000.0})
     write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s1", {10: 150.0, 20: 250.0})  # still training
-    grid_file = tmp_path / "grid.toml"
-    grid_file.write_text(textwrap.dedent(f"""
-        name = "seeds"
-        out = "{tmp_path / 'runs'}"
-        archive = "{tmp_path / 'archive'}"
-        results = "{tmp_path / 'results'}"
-        [[experiment]]
-        envs = ["Hopper-v4"]
-        algos = ["sac"]
-        seeds = [0, 1, 2]
-        steps = 60
-        eval_every = 10
-    """))
-    text = write_report(load_grid(grid_file), echo=lambda _: None).read_text()
+    grid_file = write_hopper_grid(tmp_path, "seeds", ["sac"], seeds=3, steps=60, eval_every=10)
+    text = write_report(load_grid(grid_file, archive=tmp_path / "archive"), echo=lambda _: None).read_text()
     # seed 0: the evaluation at the budget, and the last five up to it (20k-60k), not the one after it
     assert "| Hopper-v4 | sac | 60 | 600 (400) | at 20: 250 | - |" in text
     numbers = json.loads((tmp_path / "results" / "seeds.json").read_text())
@@ -503,17 +508,7 @@ def test_status_counts_the_runs_and_the_training_time_left_at_the_finished_runs_
         results.write_text(json.dumps({"total_steps": 100, "train_time_s": seconds}))
     write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s3", {50: 1.0})  # half way, not finished
     (tmp_path / "runs" / "Hopper-v4" / "sac" / "s3" / "results.json").unlink()
-    grid_file = tmp_path / "grid.toml"
-    grid_file.write_text(textwrap.dedent(f"""
-        name = "pace"
-        out = "{tmp_path / 'runs'}"
-        [[experiment]]
-        envs = ["Hopper-v4"]
-        algos = ["sac", "diffsac"]
-        seeds = [0, 1, 2, 3, 4]
-        steps = 100
-        eval_every = 50
-    """))
+    grid_file = write_hopper_grid(tmp_path, "pace", ["sac", "diffsac"], seeds=5, steps=100, eval_every=50)
     grid = load_grid(grid_file, archive=archive)
     seconds, unknown = training_time_left(grid)
     # at the median pace, 5 steps/s: 50 steps of seed 3 and 100 of seed 4; no diffsac run has finished
