@@ -26,7 +26,7 @@ from diffagent.bench.stats import (bootstrap_interval, iqm, performance_profile,
                                    score_at, seed_interval, steps_to_reach)
 
 __all__ = ["Grid", "Job", "load_grid", "load_hyperparameters", "split_env_settings", "read_curve", "archive_run",
-           "training_time_left",
-           "run_grid", "run_grid_on_ray", "summarize", "write_report", "machine_info", "SB3_ALGORITHMS", "train_sb3",
+           "training_time_left", "run_grid", "run_grid_on_ray", "summarize", "write_report", "machine_info",
+           "SB3_ALGORITHMS", "train_sb3",
            "bootstrap_interval", "seed_interval", "iqm", "probability_of_improvement", "performance_profile",
            "score_at", "steps_to_reach"]

@@ -19,7 +19,6 @@ The statistics are rliable's (stats.py).
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import platform
@@ -39,7 +38,7 @@ from diffagent.bench.sb3 import is_sb3
 from diffagent.bench.stats import (MIN_SEEDS_FOR_CI, iqm, iqm_curve, performance_profile, probability_of_improvement,
                                    seed_interval, step_at, steps_to_reach)
 from diffagent.errors import ConfigError
-from diffagent.io import RESULTS_FILE, WEIGHTS_FILE, write_json
+from diffagent.io import WEIGHTS_FILE, write_json
 from diffagent.multimodal import (BANDITS, COVERAGE_THRESHOLD, MODE_RADIUS, make_bandit, mode_coverage,
                                   plot_samples)
 
