@@ -12,7 +12,8 @@ report scores them (diffagent.multimodal.mode_coverage) after each budget of upd
 end is the objective's optimum rather than Adam's noise around it; `--step-sizes` sets the chain's eta schedule
 (first:last step, DiffSAC's default 0.1:0.01); `--learn-backward-kernel` gives the chain its own backward network,
 which closes the bound's gap; `--alpha-start` anneals the temperature down to 0.1 over the first half of the fit.
-The objective printed is the mean of the last 500 updates' losses (at alpha = 0.1).
+The objective printed is the mean of the last 500 updates' losses (at alpha = 0.1; E[alpha L - r] alone, without
+the --forward-kl term).
 
 `--loss log-variance --explore c` fits by the log-variance loss instead: Var[L - r / alpha] over chains drawn with
 every noise scaled by c and held fixed, each re-scored under the current chain. It is zero only where the chain's
@@ -20,6 +21,11 @@ path measure matches exp(r / alpha) times the backward kernel, whatever chains i
 wider than the chain (c > 1) keeps charging for mass missing from a peak that the chain itself no longer visits:
 meant as a mass-covering loss, where E[alpha L - r] (reverse KL) is mode-seeking. Measured, it does not fit the
 bandit (docs/algorithms.md, section 10). Its objective column is E[alpha L - r] over 500 batches of fresh chains.
+
+`--forward-kl w` adds a mass-covering term to the reverse-KL loss, w alpha times forward_kl_loss: the chain's
+forward kernels fitted by maximum likelihood to paths drawn backward, through the fixed backward kernel, from the
+target's own actions (uniform proposals weighted by softmax(r / alpha)). Reverse KL charges a missing or
+under-weighted mode only through the samples the chain draws; this term charges it through the target's.
 
 The objective splits in two: E[alpha L - r] = alpha (KL(pi || exp(r / alpha) / Z) + gap) - alpha log Z, where gap
 is how far -E[L] lies below the action's entropy (diffagent.policies.entropy). Each budget's row gives the gap
@@ -49,6 +55,32 @@ def torch_reward(bandit, actions: torch.Tensor) -> torch.Tensor:
     heights = torch.as_tensor(bandit.heights, dtype=actions.dtype)
     squared = (actions[:, None, :] - centres).square().sum(-1)
     return (heights * torch.exp(-squared / (2.0 * bandit.width ** 2))).sum(-1)
+
+
+def backward_paths(policy, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Chains (B, K+1, A) drawn backward from given squashed actions through the policy's backward kernel: x_K =
+    atanh(a), then x_k ~ p(x_k | x_{k+1}) down to x_0, the paths along which L scores an action."""
+    context = policy.context(policy.obs_normalizer(obs))
+    x = torch.atanh(actions)
+    states = [x]
+    for k in reversed(range(policy.num_steps)):
+        mean, log_std = policy.backward_kernel(context, x, k)
+        x = mean + torch.exp(log_std) * torch.randn_like(x)
+        states.append(x)
+    return torch.stack(states[::-1], dim=1)
+
+
+def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tensor:
+    """A mass-covering term: the chain's forward kernels fitted by maximum likelihood to paths drawn backward from
+    exp(r / alpha)'s own actions (uniform proposals over the box, self-normalised weights softmax(r / alpha)),
+    -sum_i w_i sum_k log q_theta(x_{k+1} | x_k) along each path. Its expectation is the forward (mass-covering)
+    KL of the path measures up to terms the chain's parameters do not move."""
+    with torch.no_grad():
+        actions = (torch.rand(proposals, 2) * 2.0 - 1.0).clamp(-0.999, 0.999)  # atanh stays finite
+        weights = torch.softmax(torch_reward(bandit, actions) / alpha, dim=0)
+        obs = torch.zeros(proposals, 1)
+        chains = backward_paths(policy, obs, actions)
+    return -(weights * policy.score(obs, chains).forward.sum(-1)).sum()
 
 
 def objective_floor(bandit, grid_size: int = 1601) -> float:
@@ -81,8 +113,16 @@ def main() -> None:
     parser.add_argument("--explore-prior-only", action="store_true",
                         help="with --explore: scale the prior draw x_0 alone, so that every later step of the proposal is "
                              "one the chain itself would take")
+    parser.add_argument("--forward-kl", type=float, default=0.0,
+                        help="add this weight times alpha times the mass-covering term (forward_kl_loss) to the "
+                             "reverse-KL loss")
+    parser.add_argument("--proposals", type=int, default=1024,
+                        help="with --forward-kl: uniform actions per update whose weights softmax(r / alpha) stand "
+                             "for exp(r / alpha)")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
+    if args.forward_kl and args.loss != "reverse-kl":
+        parser.error("--forward-kl adds to the reverse-KL loss: drop --loss log-variance")
     if args.loss != "log-variance" and (args.explore != 1.0 or args.explore_prior_only):
         parser.error("--explore and --explore-prior-only shape the log-variance loss's proposal: add --loss log-variance")
     torch.set_num_threads(1)
@@ -114,7 +154,10 @@ def main() -> None:
                     alpha *= (args.alpha_start / ALPHA) ** max(0.0, 1.0 - 2.0 * update / budgets[-1])
                 if args.loss == "reverse-kl":
                     sample = agent.policy.sample(obs)
-                    loss = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
+                    loss = objective_term = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
+                    if args.forward_kl:
+                        loss = loss + args.forward_kl * alpha * forward_kl_loss(agent.policy, bandit, alpha,
+                                                                                args.proposals)
                 else:
                     with torch.no_grad():
                         proposal_noise = torch.randn(agent.policy.noise_shape(BATCH))
@@ -122,11 +165,11 @@ def main() -> None:
                         chain = agent.policy.sample(obs, proposal_noise).chain
                     log_weight = (agent.policy.score(obs, chain).log_ratio
                                   - torch_reward(bandit, torch.tanh(chain[:, -1])) / alpha)
-                    loss = log_weight.var()
+                    loss = objective_term = log_weight.var()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(float(objective_term.detach()))  # without the forward-KL term: the objective
             coverage = mode_coverage(agent, alpha=ALPHA, bandit=bandit)
             with torch.random.fork_rng():  # the fit's random stream is the same with or without this measurement
                 bounds = entropy_bounds(agent.policy, obs[:1], samples=GAP_SAMPLES, paths=GAP_PATHS)
@@ -141,7 +184,7 @@ def main() -> None:
             rows.append({"K": num_steps, "step_sizes": f"{step_size_max:g}:{step_size_min:g}",
                          "backward_kernel": "learned" if args.learn_backward_kernel else "fixed",
                          "alpha_start": args.alpha_start or ALPHA, "loss": args.loss, "explore": args.explore,
-                         "explore_prior_only": args.explore_prior_only,
+                         "explore_prior_only": args.explore_prior_only, "forward_kl": args.forward_kl,
                          "seed": seed,
                          "lr_schedule": args.lr_schedule, "updates": budget,
                          "shares_pct": " / ".join(f"{100 * s:.1f}" for s in coverage.shares),
