@@ -76,7 +76,7 @@ def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tenso
     -sum_i w_i sum_k log q_theta(x_{k+1} | x_k) along each path. Its expectation is the forward (mass-covering)
     KL of the path measures up to terms the chain's parameters do not move."""
     with torch.no_grad():
-        actions = (torch.rand(proposals, 2) * 2.0 - 1.0).clamp(-0.999, 0.999)  # atanh stays finite
+        actions = (torch.rand(proposals, policy.act_dim) * 2.0 - 1.0).clamp(-0.999, 0.999)  # atanh stays finite
         weights = torch.softmax(torch_reward(bandit, actions) / alpha, dim=0)
         obs = torch.zeros(proposals, 1)
         chains = backward_paths(policy, obs, actions)
