@@ -445,7 +445,8 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     for line in text.splitlines():
         if line.startswith("| "):
             rows.setdefault(tuple(line.split(" | ")[:2]), line)
-    assert "| Hopper-v4 | diffsac | 100 | 1,300 (975) | 1,400 (1,050) |" in text  # per seed, the mean of its last (up to five) evaluations
+    # per seed: the score, and the mean of its last (here two) evaluations
+    assert "| Hopper-v4 | diffsac | 100 | 1,300 (975) | 1,400 (1,050) |" in text
     assert "| 1.50 | " in rows["| Hopper-v4", "diffsac"]  # the mean of the last tenth's logs, over seeds
     assert "| 0.00 (4 of the 5 seeds) | " in rows["| Walker2d-v4", "sac"]
     assert "| - | " in rows["| Hopper-v4", "sb3-sac"]  # Stable-Baselines3's runs log no entropy
@@ -493,7 +494,7 @@ def test_each_seed_shows_its_score_its_recent_mean_or_how_far_it_got(tmp_path):
     write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s1", {10: 150.0, 20: 250.0})  # still training
     grid_file = write_hopper_grid(tmp_path, "seeds", ["sac"], seeds=3, steps=60, eval_every=10)
     text = write_report(load_grid(grid_file, archive=tmp_path / "archive"), echo=lambda _: None).read_text()
-    # seed 0: the evaluation at the budget, and the last five up to it (20k-60k), not the one after it
+    # seed 0: the evaluation at the budget, and the last five up to it (steps 20-60), not the one after it
     assert "| Hopper-v4 | sac | 60 | 600 (400) | at 20: 250 | - |" in text
     numbers = json.loads((tmp_path / "results" / "seeds.json").read_text())
     assert numbers["rows"][0]["recent_scores"] == {"0": 400.0}
