@@ -198,7 +198,7 @@ def bench() -> None:
 
 @bench.command("run")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
-@click.option("--jobs", "parallel", default=None, type=int,
+@click.option("--jobs", "parallel", default=None, type=click.IntRange(min=1),
               help="Runs at a time, one thread each [default: cores; with Ray, as many as its CPUs take].")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where runs train: processes on this machine, or Ray tasks of one CPU each on a cluster "
@@ -250,21 +250,28 @@ def bench_status(grid_file, archive):
     amount = f"{seconds / 3600:,.1f} core-hours" if seconds >= 3600 else f"{seconds / 60:.1f} core-minutes"
     left = (f"about {amount} of training left at the pace of this grid's finished runs (the median of each env "
             "and algorithm's)")
-    if unknown:
+    if unknown and not seconds:
+        left = (f"the training time left is not known yet: none of the {len(unknown)} runs to train has a finished "
+                "run of its env and algorithm to go by")
+    elif unknown:
         left += f", besides {len(unknown)} runs with no finished run of their env and algorithm to go by"
-    click.echo(f"{len(grid.jobs)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + f"; {left}.")
+    order = ("done", "running", "resume", "new", "stale")
+    counted = ", ".join(f"{counts[status]} {status}" for status in order if status in counts)
+    click.echo(f"{len(grid.jobs)} runs: {counted}; {left}.")
 
 
 @bench.command("report")
 @click.argument("grid_file", type=click.Path(dir_okay=False))
 @click.option("--references", type=click.Path(dir_okay=False), default=None,
               help="Reference results TOML [default: the grid file's `references`].")
+@click.option("--archive", type=click.Path(file_okay=False), default=None,
+              help="Read and archive runs here instead of the grid's `archive` (as `bench run --archive`).")
 @friendly_errors
-def bench_report(grid_file, references):
+def bench_report(grid_file, references, archive):
     """Aggregate the runs of GRID_FILE, from their run directories or their archived files: IQM tables with
     stratified-bootstrap CIs, probability of improvement, sample efficiency, learning curves and a summary
     figure, raw JSON. Finished runs not archived yet are archived first."""
-    grid = load_grid(grid_file)
+    grid = load_grid(grid_file, archive=archive)
     write_report(grid, Path(references) if references else grid.references, echo=click.echo)
 
 

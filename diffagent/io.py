@@ -339,6 +339,16 @@ def run_is_locked(run_dir: str | Path) -> bool:
     return False
 
 
+def checkpoint_step(run_dir: str | Path) -> int | None:
+    """The step of run_dir's last complete checkpoint, where a resumed run restarts, or None without one."""
+    pointer = Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    latest = read_json(pointer, f"the checkpoint of {run_dir}")
+    step = latest.get("step") if isinstance(latest, dict) else None
+    return step if isinstance(step, int) else None
+
+
 def has_checkpoint(run_dir: str | Path) -> bool:
     """Whether run_dir holds a completed checkpoint to resume from."""
     return (Path(run_dir) / CHECKPOINT_DIR / LATEST_FILE).is_file()

@@ -17,7 +17,8 @@ from diffagent import Agent, ConfigError, DiffAgentError
 from diffagent.bench import (bootstrap_interval, iqm, load_grid, load_hyperparameters, performance_profile,
                              probability_of_improvement, read_curve, run_grid, runner, score_at, seed_interval,
                              steps_to_reach, summarize, train_sb3, training_time_left, write_report)
-from diffagent.bench.report import verdict
+from diffagent.bench.grid import archive_run
+from diffagent.bench.report import curve_panels, per_seed_table, verdict
 from diffagent.bench.stats import iqm_curve
 from diffagent.cli import main
 from diffagent.io import run_lock
@@ -139,6 +140,8 @@ def test_grid_errors_say_what_is_wrong(tmp_path):
         load_grid(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match=r"has no \[diffsac\] table \(it has: sac\)"):
         load_hyperparameters(tmp_path / "hyperparams" / "Pendulum-v1.toml", "diffsac")
+    result = CliRunner().invoke(main, ["bench", "run", str(write_grid(tmp_path, 100)), "--jobs", "0"])
+    assert result.exit_code == 2 and "0 is not in the range x>=1" in result.output
 
 
 @pytest.mark.artifacts
@@ -146,8 +149,26 @@ def test_one_run_serving_two_budgets_must_have_one_setting(tmp_path):
     grid = write_grid(tmp_path, 100, seeds=(0,))
     text = grid.read_text()
     grid.write_text(text + text[text.index("[[experiment]]"):].replace("eval_every = 100", "eval_every = 50"))
-    with pytest.raises(ConfigError, match="must agree"):
+    with pytest.raises(ConfigError, match="with another eval_every; one run directory serves both budgets"):
         load_grid(grid)
+    # the smaller budget must fall on an evaluation, or its score would come from after it
+    grid.write_text(text.replace("steps = 100", "steps = 150")
+                    + text[text.index("[[experiment]]"):].replace("steps = 100", "steps = 300"))
+    with pytest.raises(ConfigError, match="scored at 150 steps on the way to 300, but evaluates every 100"):
+        load_grid(grid)
+
+
+@pytest.mark.artifacts
+def test_target_returns_and_references_are_checked(tmp_path):
+    grid = write_grid(tmp_path, 100, extra='target_returns = { "Hoper-v4" = 1000 }')
+    with pytest.raises(ConfigError, match="target_returns names Hoper-v4, which no experiment runs; the grid's "
+                                          "envs: Pendulum-v1"):
+        load_grid(grid)
+    references = tmp_path / "references.toml"
+    references.write_text('[[normalization]]\nenv = "Pendulum-v1"\nrandom = "-1600"\nexpert = 0\nsource = "x"\n')
+    grid = write_grid(tmp_path, 100, extra=f'references = "{references}"')
+    with pytest.raises(ConfigError, match="normalization 1: random must be a number, got '-1600'"):
+        write_report(load_grid(grid), load_grid(grid).references, echo=lambda _: None)
 
 
 @pytest.mark.artifacts
@@ -459,11 +480,11 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
     assert "; IQM 1,500 against 1,200." in text
     unjudged = next(line for line in text.splitlines() if line.startswith("- Not judged yet, fewer than 5 seeds"))
     assert "; diffsac against sb3-sac on Hopper-v4 at 100 steps (5 vs 1)" in unjudged
-    assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.75 [95% CI " in text  # IQM of normalised scores
+    assert "| 100 | Hopper-v4, Walker2d-v4 | diffsac | 5 | 0.750 [95% CI " in text  # IQM of normalised scores
     # an algorithm missing from an env is named, and the others keep both envs
-    assert "| 100 | Hopper-v4, Walker2d-v4 | sb3-sac | - | not on every env yet (none finished on Walker2d-v4) |" in text
+    assert "| 100 | Hopper-v4, Walker2d-v4 | sb3-sac | - | not on every env: not run on Walker2d-v4 |" in text
     assert ("| Hopper-v4 | 1,350 | 100 | diffsac | 4 of 5 | 100 [95% CI 100, not by 100] | "
-            "not by 100, 100, 100, 100, 100 |") in text  # seed 0 ended at 1,300
+            "s0 not by 100, s1 100, s2 100, s3 100, s4 100 |") in text  # seed 0 ended at 1,300
     numbers = json.loads((tmp_path / "results" / "five.json").read_text())
     assert numbers["across_envs"][0]["profiles"]["diffsac"]["band"] is not None
     pytest.importorskip("matplotlib")
@@ -501,26 +522,89 @@ def test_each_seed_shows_its_score_its_recent_mean_or_how_far_it_got(tmp_path):
 
 
 @pytest.mark.artifacts
+def test_across_envs_waits_for_an_env_with_nothing_finished_and_curves_keep_the_finished_seeds(tmp_path):
+    archive = tmp_path / "archive"
+    for algo in ("sac", "diffsac"):
+        for seed in (0, 1):
+            write_archived_run(archive / "Hopper-v4" / algo / f"s{seed}", {50: 100.0, 100: 200.0 + seed})
+    write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s2", {50: 90.0})  # just started
+    references = tmp_path / "references.toml"
+    references.write_text("".join(f'[[normalization]]\nenv = "{env}"\nrandom = 0.0\nexpert = 1000.0\nsource = "x"\n'
+                                  for env in ("Hopper-v4", "Walker2d-v4")))
+    grid_file = tmp_path / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "waiting"
+        out = "{tmp_path / 'runs'}"
+        archive = "{archive}"
+        results = "{tmp_path / 'results'}"
+        references = "{references}"
+        [[experiment]]
+        envs = ["Hopper-v4", "Walker2d-v4"]
+        algos = ["sac", "diffsac"]
+        seeds = [0, 1, 2]
+        steps = 100
+        eval_every = 50
+    """))
+    grid = load_grid(grid_file)
+    text = write_report(grid, grid.references, echo=lambda _: None).read_text()
+    assert "| 100 | Hopper-v4 | diffsac | 2 | 0.201 [min-max 0.200, 0.201] |" in text  # scored on the env that has runs
+    assert "| 100 | Walker2d-v4 | - | - | no run finished yet |" in text
+    panels = curve_panels(grid, "Hopper-v4")
+    assert [(curve["algo"], curve["seeds"], curve["steps"]) for curve in panels[0]] == [
+        ("sac", 2, [50, 100]), ("diffsac", 2, [50, 100])]  # seed 2's one evaluation does not cut the curve short
+
+
+@pytest.mark.artifacts
+def test_small_scores_keep_their_digits():
+    row = {"env": "diffagent/FourPeaks-v0", "algo": "diffsac", "steps": 100, "seeds": [0], "missing_seeds": [1],
+           "scores": {0: 0.733}, "recent_scores": {0: 0.71}, "partial": {1: (50, 0.0512)}}
+    assert per_seed_table([row]).splitlines()[-1] == (
+        "| diffagent/FourPeaks-v0 | diffsac | 100 | 0.733 (0.710) | at 50: 0.0512 |")
+
+
+@pytest.mark.artifacts
+def test_a_run_is_archived_again_only_when_its_files_changed(tmp_path):
+    run = tmp_path / "runs" / "Hopper-v4" / "sac" / "s0"
+    write_archived_run(run, {50: 1.0, 100: 2.0})
+    grid = load_grid(write_hopper_grid(tmp_path, "copies", ["sac"], seeds=1, steps=100, eval_every=50),
+                     archive=tmp_path / "archive")
+    job = grid.jobs[0]
+    assert archive_run(job) and not archive_run(job)
+    (run / "metrics.jsonl").write_text((run / "metrics.jsonl").read_text() + '{"step": 100, "eval_return": 3.0}\n')
+    assert archive_run(job) and read_curve(job.archive_dir)[100] == 3.0
+
+
+@pytest.mark.artifacts
 def test_status_counts_the_runs_and_the_training_time_left_at_the_finished_runs_pace(tmp_path):
     archive = tmp_path / "elsewhere"  # the checkout that commits the runs, named on the command line
     for seed, seconds in ((0, 10.0), (1, 30.0), (2, 20.0)):  # 100 steps each: 10, 3.3 and 5 steps/s
         write_archived_run(archive / "Hopper-v4" / "sac" / f"s{seed}", {50: 1.0, 100: 2.0})
         results = archive / "Hopper-v4" / "sac" / f"s{seed}" / "results.json"
         results.write_text(json.dumps({"total_steps": 100, "train_time_s": seconds}))
-    write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s3", {50: 1.0})  # half way, not finished
-    (tmp_path / "runs" / "Hopper-v4" / "sac" / "s3" / "results.json").unlink()
+    for seed in (3, 4):  # evaluated at 50 steps, not finished
+        write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / f"s{seed}", {50: 1.0})
+        (tmp_path / "runs" / "Hopper-v4" / "sac" / f"s{seed}" / "results.json").unlink()
+    checkpoints = tmp_path / "runs" / "Hopper-v4" / "sac" / "s3" / "checkpoints"
+    checkpoints.mkdir()  # seed 3 resumes from its checkpoint at 40 steps; seed 4, killed before its first, starts over
+    (checkpoints / "latest.json").write_text(json.dumps({"checkpoint": "step_0000000040", "step": 40}))
     grid_file = write_hopper_grid(tmp_path, "pace", ["sac", "diffsac"], seeds=5, steps=100, eval_every=50)
     grid = load_grid(grid_file, archive=archive)
     seconds, unknown = training_time_left(grid)
-    # at the median pace, 5 steps/s: 50 steps of seed 3 and 100 of seed 4; no diffsac run has finished
-    assert seconds == pytest.approx(30.0) and [job.name for job in unknown] == [
+    # at the median pace, 5 steps/s: 60 steps of seed 3 and 100 of seed 4; no diffsac run has finished
+    assert seconds == pytest.approx(32.0) and [job.name for job in unknown] == [
         f"diffsac Hopper-v4 seed {seed} (100 steps)" for seed in range(5)]
     result = CliRunner().invoke(main, ["bench", "status", str(grid_file), "--archive", str(archive)])
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == (
-        "10 runs: 3 done, 7 new; about 0.5 core-minutes of training left at the pace of this grid's finished runs "
-        "(the median of each env and algorithm's), besides 5 runs with no finished run of their env and algorithm "
+        "10 runs: 3 done, 1 resume, 6 new; about 0.5 core-minutes of training left at the pace of this grid's finished "
+        "runs (the median of each env and algorithm's), besides 5 runs with no finished run of their env and algorithm "
         "to go by.")
+    # with nothing finished to go by, no time is made up
+    grid_file = write_hopper_grid(tmp_path, "pace", ["diffsac"], seeds=2, steps=100, eval_every=50)
+    result = CliRunner().invoke(main, ["bench", "status", str(grid_file), "--archive", str(archive)])
+    assert result.output.splitlines()[-1] == (
+        "2 runs: 2 new; the training time left is not known yet: none of the 2 runs to train has a finished run of its "
+        "env and algorithm to go by.")
 
 
 @pytest.mark.artifacts

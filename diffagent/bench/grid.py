@@ -21,7 +21,8 @@ A grid file (TOML, see zoo/grids/) lists experiments:
     gym_packages = ["my_envs"]       # modules to import first: they register envs or define wrappers (optional)
 
 Each run lives in OUT/ENV/ALGO/sSEED, one per (env, algo, seed): a larger budget extends the same
-run from its checkpoint, and a budget's score is the last evaluation at or before that step. With an
+run from its checkpoint, and a budget's score is the evaluation at that step (an on-policy run's, at the end of
+the rollout that crosses it), so every budget of a run is a multiple of its eval_every. With an
 `archive`, a finished run's config.json, results.json and metrics.jsonl are copied to ARCHIVE/ENV/ALGO/sSEED
 (not its checkpoints, weights or logs): committed to git, they let `report` rebuild every table and figure on
 another machine, where there is no run directory, and `run` counts those runs as done.
@@ -33,6 +34,7 @@ and `env_kwargs`; `split_env_settings` takes them out.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import shutil
@@ -46,7 +48,8 @@ from diffagent.bench.sb3 import SB3_ALGORITHMS, is_sb3, sb3_hyperparameters
 from diffagent.config import algo_spec, cli_value, make_config
 from diffagent.envs import WrapperSpec, import_packages, split_env_id
 from diffagent.errors import ConfigError
-from diffagent.io import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, has_checkpoint, read_jsonl, run_is_locked
+from diffagent.io import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, checkpoint_step, has_checkpoint, read_jsonl,
+                          run_is_locked)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -164,7 +167,8 @@ class Job:
         return "new" if trained is None else "stale"
 
     def train_command(self, executable: str = "diffagent") -> list[str]:
-        """The `diffagent train` command line of this run (what the report quotes)."""
+        """The command line that trains this run (what the report quotes): `diffagent train`, or `diffagent bench
+        sb3` for Stable-Baselines3's."""
         trainer = ["bench", "sb3"] if is_sb3(self.algo) else ["train"]
         command = [executable, *trainer, *self._gym_packages_options(), "--algo", self.algo, "--env", self.env_id,
                    "--steps", str(self.steps), "--seed", str(self.seed), "--eval-every", str(self.eval_every),
@@ -255,8 +259,7 @@ def load_grid(path: str | Path, archive: str | Path | None = None) -> Grid:
         raise ConfigError(f"{path}: hyperparams folder {hyper_dir} does not exist")
     grid = Grid(name=_checked(str(path), "name", spec.get("name", path.stem), str), path=path,
                 out=beside("out", f"runs/{path.stem}"), results=beside("results", "results"),
-                references=beside("references"), archive=Path(archive) if archive else beside("archive"),
-                target_returns=_target_returns(path, spec.get("target_returns", {})))
+                references=beside("references"), archive=Path(archive) if archive else beside("archive"))
     seen: dict[Path, Job] = {}
     for number, experiment in enumerate(experiments, 1):
         where = f"{path}, experiment {number}"
@@ -302,18 +305,31 @@ def load_grid(path: str | Path, archive: str | Path | None = None) -> Grid:
                         grid.budgets[(env_id, algo)].append(steps)
                     previous = seen.get(run_dir)
                     if previous is not None:
-                        if (previous.eval_every, previous.eval_episodes, previous.overrides, previous.env_kwargs) != (
-                                job.eval_every, job.eval_episodes, job.overrides, job.env_kwargs):
-                            raise ConfigError(f"{where}: {algo} on {env_id} seed {seed} is also in an earlier "
-                                              "experiment with other eval_every, eval_episodes, set or env_kwargs; "
-                                              "one run "
-                                              "directory serves both budgets, so they must agree")
+                        _check_shared_run(where, previous, job)
                         if previous.steps >= steps:
                             continue  # the larger budget's run covers this one
                     seen[run_dir] = job
+    grid.target_returns = _target_returns(path, spec.get("target_returns", {}), {job.env_id for job in seen.values()})
     # seed-major across experiments: a grid stopped early holds comparable seeds of every algorithm
     grid.jobs = sorted(seen.values(), key=lambda job: job.seed)
     return grid
+
+
+def _check_shared_run(where: str, previous: Job, job: Job) -> None:
+    """Two experiments that ask one run for two budgets must train it alike, and the smaller budget must fall on
+    an evaluation: the run trains straight through it."""
+    shared = ("eval_every", "eval_episodes", "overrides", "env_kwargs", "gym_packages")  # not the checkpoints' cadence
+    differ = [name for name in shared if getattr(previous, name) != getattr(job, name)]
+    name = f"{job.algo} on {job.env_id} seed {job.seed}"
+    if differ:
+        raise ConfigError(f"{where}: {name} is also in an earlier experiment, with another "
+                          f"{', '.join(n if n != 'overrides' else 'set' for n in differ)}; one run directory serves "
+                          "both budgets, so they must agree (eval_every defaults to a tenth of steps: set it in both)")
+    smaller = min(previous.steps, job.steps)
+    if smaller % job.eval_every:
+        raise ConfigError(f"{where}: {name} is scored at {smaller:,} steps on the way to "
+                          f"{max(previous.steps, job.steps):,}, but evaluates every {job.eval_every:,}: no evaluation "
+                          f"falls at {smaller:,}. Make eval_every divide it.")
 
 
 def _checked_algo(where: str, algo: str, env_id: str, hyper_dir: Path | None, overrides: dict[str, Any]) -> Path | None:
@@ -341,11 +357,15 @@ def _checked_algo(where: str, algo: str, env_id: str, hyper_dir: Path | None, ov
     return hyper_file
 
 
-def _target_returns(path: Path, table: Any) -> dict[str, float]:
+def _target_returns(path: Path, table: Any, envs: set[str]) -> dict[str, float]:
     if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                                               for v in table.values()):
         raise ConfigError(f"{path}: target_returns must be a table of env ids to returns, e.g. "
                           'target_returns = { "Hopper-v4" = 1000 }')
+    unknown = sorted(set(table) - envs)
+    if unknown:
+        raise ConfigError(f"{path}: target_returns names {', '.join(unknown)}, which no experiment runs; the grid's "
+                          f"envs: {', '.join(sorted(envs))}")
     return {env_id: float(value) for env_id, value in table.items()}
 
 
@@ -360,15 +380,18 @@ def is_on_policy(algo: str) -> bool:
 
 
 def archive_run(job: Job) -> bool:
-    """Copy a finished run's small files (ARCHIVED_FILES) to its archive folder; False when there is nothing to
-    copy (no archive, or the run has not finished here)."""
+    """Copy a finished run's small files (ARCHIVED_FILES) to its archive folder, those that differ from the copy
+    there; False when nothing was copied (no archive, the run has not finished here, or the copy is current)."""
     if job.archive_dir is None or job.is_archived_only() or not (job.run_dir / RESULTS_FILE).is_file():
         return False
     job.archive_dir.mkdir(parents=True, exist_ok=True)
+    copied = False
     for name in ARCHIVED_FILES:
-        if (job.run_dir / name).is_file():
-            shutil.copyfile(job.run_dir / name, job.archive_dir / name)
-    return True
+        source, copy = job.run_dir / name, job.archive_dir / name
+        if source.is_file() and not (copy.is_file() and filecmp.cmp(source, copy, shallow=False)):
+            shutil.copyfile(source, copy)
+            copied = True
+    return copied
 
 
 
@@ -396,24 +419,30 @@ def steps_per_second(run_dir: Path) -> float | None:
 
 
 def training_time_left(grid: Grid) -> tuple[float, list[Job]]:
-    """Seconds of one core's training left in `grid` at the pace its finished runs kept here: each unfinished
-    run's remaining steps (past its last evaluation) at the median speed of the finished runs of its env and
-    algorithm; and the unfinished runs with no finished run of their kind to go by, which the sum leaves out."""
+    """Seconds of one core's training left in `grid` at the pace of its finished runs (their results.json, here or
+    archived): each run still to train, from where it will go on (a running run from its last evaluation, a
+    resumed one from its checkpoint, a new one from the start), at the median speed of the finished runs of its
+    env and algorithm; and the runs with no finished run of their kind to go by, which the sum leaves out. Stale
+    runs, which the runner skips, count in neither."""
     speeds: dict[tuple[str, str], list[float]] = {}
     unfinished = []
     for job in grid.jobs:
-        if job.status() != "done":
+        status = job.status()
+        if status == "done":
+            if (speed := steps_per_second(job.source_dir())) is not None:
+                speeds.setdefault((job.env_id, job.algo), []).append(speed)
+        elif status != "stale":
             unfinished.append(job)
-        elif (speed := steps_per_second(job.source_dir())) is not None:
-            speeds.setdefault((job.env_id, job.algo), []).append(speed)
     seconds, unknown = 0.0, []
     for job in unfinished:
         pace = speeds.get((job.env_id, job.algo))
         if not pace:
             unknown.append(job)
             continue
-        reached = max(read_curve(job.source_dir()), default=0)
-        seconds += max(job.steps - reached, 0) / statistics.median(pace)
+        restart = checkpoint_step(job.run_dir) or 0  # a new run (or one killed before its first checkpoint) starts over
+        if job.is_running():
+            restart = max(restart, max(read_curve(job.run_dir), default=0))
+        seconds += max(job.steps - restart, 0) / statistics.median(pace)
     return seconds, unknown
 
 

@@ -69,10 +69,11 @@ def machine_info(command: str | None = None) -> dict[str, Any]:
 RECENT_EVALUATIONS = 5
 REFERENCE_KEYS = {"env", "algo", "steps", "mean", "std", "source"}
 NORMALIZATION_KEYS = {"env", "random", "expert", "source"}
+NUMERIC_KEYS = {"steps", "mean", "std", "random", "expert"}
 
 
 def _reference_tables(path: Path | None, table: str, keys: set[str]) -> list[dict[str, Any]]:
-    """The [[table]] entries of a references file, each checked to hold `keys`."""
+    """The [[table]] entries of a references file, each checked to hold `keys`, numbers where numbers belong."""
     if path is None:
         return []
     entries = read_toml(path, "reference").get(table, [])
@@ -80,6 +81,9 @@ def _reference_tables(path: Path | None, table: str, keys: set[str]) -> list[dic
         missing = keys - set(entry)
         if missing:
             raise ConfigError(f"{path}, {table} {number} lacks {', '.join(sorted(missing))}")
+        for key in sorted(keys & NUMERIC_KEYS):
+            if isinstance(entry[key], bool) or not isinstance(entry[key], (int, float)):
+                raise ConfigError(f"{path}, {table} {number}: {key} must be a number, got {entry[key]!r}")
     return entries
 
 
@@ -184,20 +188,25 @@ def per_seed_table(rows: list[dict[str, Any]]) -> str:
         line = [row["env"], row["algo"], f"{row['steps']:,}"]
         for seed in seeds:
             if seed in row["scores"]:
-                line.append(f"{row['scores'][seed]:,.0f} ({row['recent_scores'][seed]:,.0f})")
+                line.append(f"{_number(row['scores'][seed], 0)} ({_number(row['recent_scores'][seed], 0)})")
             elif seed in row["partial"]:
                 step, score = row["partial"][seed]
-                line.append(f"at {step:,}: {score:,.0f}")
+                line.append(f"at {step:,}: {_number(score, 0)}")
             else:
                 line.append("-")
         cells.append(line)
     return _table(["env", "algo", "steps", *(f"seed {seed}" for seed in seeds)], cells)
 
 
+def _number(value: float, digits: int = 1) -> str:
+    """`digits` decimals from 1 up, three significant digits below (a bandit's returns lie in [0, 1])."""
+    return f"{value:,.{digits}f}" if abs(value) >= 1 or value == 0 else f"{value:#.3g}"
+
+
 def _format_centre(value: float, interval: str, low: float, high: float, seeds: int, digits: int = 1) -> str:
     if seeds == 1:  # one seed has no spread to report
-        return f"{value:,.{digits}f} (one seed)"
-    return f"{value:,.{digits}f} [{interval} {low:,.{digits}f}, {high:,.{digits}f}]"
+        return f"{_number(value, digits)} (one seed)"
+    return f"{_number(value, digits)} [{interval} {_number(low, digits)}, {_number(high, digits)}]"
 
 
 def _format_row(row: dict[str, Any]) -> list[str]:
@@ -207,7 +216,7 @@ def _format_row(row: dict[str, Any]) -> list[str]:
                 "-", "-", "-", "-", row["reference"]]
     seeds = len(row["seeds"])
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
-    spread = f"{row['mean']:,.1f} +/- {row['std']:,.1f}" if seeds > 1 else "-"
+    spread = f"{_number(row['mean'])} +/- {_number(row['std'])}" if seeds > 1 else "-"
     stochastic, stochastic_seeds = row.get("stochastic"), len(row["stochastic_scores"])
     stochastic_cell = (_format_centre(stochastic["iqm"], stochastic["interval"], *stochastic["ci"], stochastic_seeds)
                        if stochastic else "-")
@@ -305,7 +314,7 @@ def verdict_lines(comparisons: list[dict[str, Any]], rows: list[dict[str, Any]])
                     f"{c['against']}) = {_format_probability(c)}")
         if len(c["envs"]) == 1:
             ours, theirs = (at[c["steps"]][(c["envs"][0], algo)] for algo in (c["algo"], c["against"]))
-            sentence += f"; IQM {ours['iqm']:,.0f} against {theirs['iqm']:,.0f}"
+            sentence += f"; IQM {_number(ours['iqm'], 0)} against {_number(theirs['iqm'], 0)}"
         lines.append(sentence + ".")
     if unjudged:
         lines.append(f"- Not judged yet, fewer than {MIN_SEEDS_FOR_CI} seeds of one side (seeds finished): "
@@ -326,15 +335,22 @@ def improvements_table(comparisons: list[dict[str, Any]]) -> str:
 
 
 def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per budget, over every env of the grid at that budget with a normalisation: each algorithm's IQM of
+    """Per budget, over the envs with a normalisation on which some run has finished: each algorithm's IQM of
     normalised scores (over seeds and envs, with its stratified-bootstrap interval from 5 seeds, min-max below),
-    and the performance profiles. An algorithm without finished seeds on all those envs is left out and named in
-    `incomplete` with the envs it lacks, rather than narrowing the envs of every other."""
+    and the performance profiles. An algorithm without finished seeds on all those envs is left out, rather than
+    narrowing the envs of every other, and `incomplete` says why (none finished on an env yet, or the grid does
+    not run it there); `pending` names the envs where nothing has finished yet."""
     groups = []
     for budget, at in _rows_at(rows).items():
         algos = list(dict.fromkeys(algo for _, algo in at))
-        envs = [env for env in dict.fromkeys(row["env"] for row in rows if row["steps"] == budget) if env in normalization]
-        incomplete = {algo: lacking for algo in algos if (lacking := [env for env in envs if (env, algo) not in at])}
+        scheduled = {(row["env"], row["algo"]) for row in rows if row["steps"] == budget}
+        normalised = [env for env in dict.fromkeys(row["env"] for row in rows if row["steps"] == budget)
+                      if env in normalization]
+        envs = [env for env in normalised if any(other == env for other, _ in at)]
+        pending = [env for env in normalised if env not in envs]
+        incomplete = {algo: lacking for algo in algos
+                      if (lacking := [f"none finished on {env} yet" if (env, algo) in scheduled else f"not run on {env}"
+                                      for env in envs if (env, algo) not in at])}
         if not envs:
             continue
         scale = np.array([[normalization[env]["random"], normalization[env]["expert"]] for env in envs])
@@ -353,7 +369,7 @@ def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, A
             continue
         every_score = np.concatenate([matrix.ravel() for matrix in matrices.values()])
         thresholds = np.linspace(min(0.0, every_score.min()), max(1.0, every_score.max()), 81)
-        groups.append({"steps": budget, "envs": envs, "algos": entries, "incomplete": incomplete,
+        groups.append({"steps": budget, "envs": envs, "pending": pending, "algos": entries, "incomplete": incomplete,
                        "thresholds": thresholds, "profiles": performance_profile(matrices, thresholds)})
     return groups
 
@@ -363,8 +379,9 @@ def across_envs_table(groups: list[dict[str, Any]]) -> str:
                   [[f"{g['steps']:,}", ", ".join(g["envs"]), e["algo"], str(e["seeds"]),
                     _format_centre(e["iqm"], e["band"], e["low"], e["high"], e["seeds"], digits=2)]
                    for g in groups for e in g["algos"]]
-                  + [[f"{g['steps']:,}", ", ".join(g["envs"]), algo, "-", f"not on every env yet (none finished on "
-                      f"{', '.join(lacking)})"] for g in groups for algo, lacking in g["incomplete"].items()])
+                  + [[f"{g['steps']:,}", ", ".join(g["envs"]), algo, "-", f"not on every env: {'; '.join(lacking)}"]
+                     for g in groups for algo, lacking in g["incomplete"].items()]
+                  + [[f"{g['steps']:,}", env, "-", "-", "no run finished yet"] for g in groups for env in g["pending"]])
 
 
 def sample_efficiency(grid: Grid, rows: list[dict[str, Any]], curves: _Curves) -> list[dict[str, Any]]:
@@ -405,18 +422,23 @@ def sample_efficiency_table(efficiency: list[dict[str, Any]]) -> str:
         if seeds > 1:
             centre += f" [{e['interval']} {_format_steps(e['ci'][0], e['steps'])}, {_format_steps(e['ci'][1], e['steps'])}]"
         cells.append([e["env"], f"{e['target']:,.0f}", f"{e['steps']:,}", e["algo"], f"{e['reached']} of {seeds}",
-                      centre, ", ".join(_format_steps(v, e["steps"]) for v in e["per_seed"].values())])
+                      centre, ", ".join(f"s{seed} {_format_steps(steps, e['steps'])}"
+                                        for seed, steps in e["per_seed"].items())])
     return _table(["env", "target return", "budget", "algo", "seeds that reached it", "steps to reach it, IQM [interval]",
                    "per seed"], cells)
 
 
 # --- figures ------------------------------------------------------------------------------------------------------
-def curve_panels(grid: Grid, env_id: str, curves: _Curves) -> list[list[dict[str, Any]]]:
+def curve_panels(grid: Grid, env_id: str, curves: _Curves | None = None) -> list[list[dict[str, Any]]]:
     """The learning curves of `env_id` for `plot_curves`: off-policy algorithms in one panel, on-policy ones in the
-    other; the IQM over the seeds at each step every seed reached, banded (stats.iqm_curve)."""
+    other; the IQM over the seeds that reached the largest budget (over every seed while none has), at each step
+    all of them reached, banded (stats.iqm_curve). A seed just started does not cut the finished ones short."""
+    curves = curves or _Curves(grid)
     panels: list[list[dict[str, Any]]] = [[], []]
     for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id):
         runs = [c for c in (curves.deterministic[j.run_dir] for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo)) if c]
+        budget = max(grid.budgets[(env_id, algo)])
+        runs = [curve for curve in runs if step_at(curve, budget) is not None] or runs
         steps = sorted(set.intersection(*(set(curve) for curve in runs))) if runs else []  # reached by every seed
         if not steps:
             continue
@@ -560,7 +582,8 @@ def write_report(grid: Grid, references_path: Path | None = None, echo: Callable
     for env_id in dict.fromkeys(j.env_id for j in grid.jobs):
         if env_id in BANDITS:
             lines += multimodal_section(grid, env_id)
-    lines += ["Commands (one per seed; the runner adds --out, --threads 1 and --checkpoint-every):", ""]
+    lines += ["Commands (the first seed's; the other seeds differ in --seed alone; the runner adds --out, --threads 1 "
+              "and --checkpoint-every):", ""]
     lines += [f"    {row['command']}" for row in rows if row["steps"] == max(grid.budgets[(row['env'], row['algo'])])]
     not_run = [f"{row['algo']} on {row['env']} at {row['steps']:,} steps (seeds {', '.join(map(str, row['missing_seeds']))})"
                for row in rows if row["missing_seeds"]]
