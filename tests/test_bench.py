@@ -128,6 +128,7 @@ def test_grid_errors_say_what_is_wrong(tmp_path):
         ("seeds = [0, 1]", "seeds = 3", "seeds must be a non-empty list"),
         ("steps = 100", 'steps = "100"', "steps must be a positive integer"),
         ("eval_episodes = 1", "eval_episode = 1", "unknown key 'eval_episode'; did you mean eval_episodes"),
+        ("eval_episodes = 1", "eval_episodes = 1\nenv_kwargs = 3", "env_kwargs must be a table of gym.make's"),
         ('hyperparams = "../hyperparams"', 'hyperparams = "../nowhere"', "hyperparams folder .* does not exist"),
     ]:
         grid.write_text(text.replace(old, new))

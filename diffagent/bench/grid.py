@@ -92,14 +92,18 @@ def load_hyperparameters(path: str | Path, algo: str) -> dict[str, Any]:
     return table
 
 
+def _checked_env_kwargs(where: str, env_kwargs: Any) -> dict[str, Any]:
+    if not isinstance(env_kwargs, dict):
+        raise ConfigError(f"{where}: env_kwargs must be a table of gym.make's keyword arguments, e.g. "
+                          "env_kwargs = { g = 9.81 }")
+    return env_kwargs
+
+
 def split_env_settings(table: dict[str, Any], where: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(hyperparameters, env settings) of a hyperparameter table: its env_kwargs and env_wrapper (rl-zoo3's
     names) make the env, as Agent's `env_kwargs` and `wrappers`; the rest configure the algorithm."""
     hyperparameters = {k: v for k, v in table.items() if k not in ("env_kwargs", "env_wrapper")}
-    env_kwargs, wrappers = table.get("env_kwargs", {}), table.get("env_wrapper", [])
-    if not isinstance(env_kwargs, dict):
-        raise ConfigError(f"{where}: env_kwargs must be a table of gym.make's keyword arguments, e.g. "
-                          "env_kwargs = { g = 9.81 }")
+    env_kwargs, wrappers = _checked_env_kwargs(where, table.get("env_kwargs", {})), table.get("env_wrapper", [])
     wrappers = wrappers if isinstance(wrappers, list) else [wrappers]
     try:
         [WrapperSpec.parse(wrapper) for wrapper in wrappers]
@@ -277,10 +281,7 @@ def load_grid(path: str | Path, archive: str | Path | None = None) -> Grid:
         if not isinstance(overrides, dict):
             raise ConfigError(f"{where}: set must be a table of overrides, e.g. set = {{ batch_size = 512 }}")
         overrides = tuple(sorted(overrides.items()))
-        env_kwargs = experiment.get("env_kwargs", {})
-        if not isinstance(env_kwargs, dict):
-            raise ConfigError(f"{where}: env_kwargs must be a table of gym.make's keyword arguments, e.g. "
-                              "env_kwargs = { g = 9.81 }")
+        env_kwargs = _checked_env_kwargs(where, experiment.get("env_kwargs", {}))
         gym_packages = (_checked_list(where, "gym_packages", experiment["gym_packages"], str)
                         if "gym_packages" in experiment else [])
         import_packages(gym_packages)  # the grid's author named them: they register the grid's own envs
