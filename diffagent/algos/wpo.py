@@ -20,9 +20,10 @@ j < k) do not depend on x_{k+1} and drop out by themselves. For the Gaussian (K 
 grad_u [Q(s, tanh u) - alpha log pi(tanh u | s)] on the pre-tanh action u, and the loss is WPO's.
 
 Trust region (acme's WPO adds MPO's KL constraints): the KL(old || theta) of the denoising path,
-which by the chain rule of KL is the sum over steps of the Gaussian kernels' KLs, in closed form.
-It is measured at the states x_k of the chains just drawn, the old policy is a Polyak average of
-the policy, and a dual variable holds the KL near kl_bound: the penalty is beta * KL, and log beta
+which by the chain rule of KL is the sum over steps of the Gaussian kernels' KLs, in closed form,
+averaged over the old chain's states x_k. It is estimated at the states of the chains just drawn
+from theta instead (no second chain is drawn; the old policy is a Polyak average of the policy and
+stays near it), and a dual variable holds the KL near kl_bound: the penalty is beta * KL, and log beta
 minimises log beta * (kl_bound - KL), so it grows while the KL exceeds the bound. The default bound
 (0.1) guards against large jumps rather than pacing learning: on Pendulum the KL stays at 0.006-0.035
 and the penalty rests at its floor, while a bound of 0.01 held WPO at -1,100 after 6,000 steps
