@@ -420,6 +420,23 @@ def write_archived_run(folder: Path, curve: dict[int, float], stochastic: bool |
     (folder / "config.json").write_text("{}")
 
 
+def write_normalised_grid(root: Path, name: str, experts: dict[str, float], experiments: str) -> Path:
+    """A grid file whose runs are archived in ROOT/archive and whose envs are normalised from 0 to `experts[env]`
+    (a references file beside it); `experiments`: the rest of the grid file."""
+    references = root / "references.toml"
+    references.write_text("".join(f'[[normalization]]\nenv = "{env}"\nrandom = 0.0\nexpert = {expert}\n'
+                                  'source = "test"\n' for env, expert in experts.items()))
+    grid_file = root / "grid.toml"
+    grid_file.write_text(textwrap.dedent(f"""
+        name = "{name}"
+        out = "{root / 'runs'}"
+        archive = "{root / 'archive'}"
+        results = "{root / 'results'}"
+        references = "{references}"
+    """) + textwrap.dedent(experiments))
+    return grid_file
+
+
 @pytest.mark.artifacts
 def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_efficiency(tmp_path):
     archive = tmp_path / "archive"
@@ -433,17 +450,8 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
                                    # the entropy over the budget's last tenth (95, 100), not before; sac's seed 4 none
                                    entropy=None if (algo, seed) == ("sac", 4) else {85: 9.0, 95: shift / 100, 100: 0.0})
     write_archived_run(archive / "Hopper-v4" / "sb3-sac" / "s0", {50: 500.0, 100: 900.0})  # one seed, one env
-    references = tmp_path / "references.toml"
-    references.write_text('[[normalization]]\nenv = "Hopper-v4"\nrandom = 0.0\nexpert = 2000.0\nsource = "test"\n'
-                          '[[normalization]]\nenv = "Walker2d-v4"\nrandom = 0.0\nexpert = 4000.0\nsource = "test"\n')
-    grid_file = tmp_path / "grid.toml"
-    grid_file.write_text(textwrap.dedent(f"""
-        name = "five"
-        out = "{tmp_path / 'runs'}"
-        archive = "{archive}"
-        results = "{tmp_path / 'results'}"
-        references = "{references}"
-        target_returns = {{ "Hopper-v4" = 1350, "Walker2d-v4" = 100 }}
+    grid_file = write_normalised_grid(tmp_path, "five", {"Hopper-v4": 2000.0, "Walker2d-v4": 4000.0}, """
+        target_returns = { "Hopper-v4" = 1350, "Walker2d-v4" = 100 }
         [[experiment]]
         envs = ["Hopper-v4", "Walker2d-v4"]
         algos = ["sac", "diffsac"]
@@ -456,7 +464,7 @@ def test_five_seeds_on_two_envs_get_intervals_comparisons_profiles_and_sample_ef
         seeds = [0]
         steps = 100
         eval_every = 50
-    """))
+    """)
     grid = load_grid(grid_file)
     text = write_report(grid, grid.references, echo=lambda _: None).read_text()
     assert "| Hopper-v4 | diffsac | 100 | 5 | 1,500.0 [95% CI " in text
@@ -529,23 +537,14 @@ def test_across_envs_waits_for_an_env_with_nothing_finished_and_curves_keep_the_
         for seed in (0, 1):
             write_archived_run(archive / "Hopper-v4" / algo / f"s{seed}", {50: 100.0, 100: 200.0 + seed})
     write_archived_run(tmp_path / "runs" / "Hopper-v4" / "sac" / "s2", {50: 90.0})  # just started
-    references = tmp_path / "references.toml"
-    references.write_text("".join(f'[[normalization]]\nenv = "{env}"\nrandom = 0.0\nexpert = 1000.0\nsource = "x"\n'
-                                  for env in ("Hopper-v4", "Walker2d-v4")))
-    grid_file = tmp_path / "grid.toml"
-    grid_file.write_text(textwrap.dedent(f"""
-        name = "waiting"
-        out = "{tmp_path / 'runs'}"
-        archive = "{archive}"
-        results = "{tmp_path / 'results'}"
-        references = "{references}"
+    grid_file = write_normalised_grid(tmp_path, "waiting", {"Hopper-v4": 1000.0, "Walker2d-v4": 1000.0}, """
         [[experiment]]
         envs = ["Hopper-v4", "Walker2d-v4"]
         algos = ["sac", "diffsac"]
         seeds = [0, 1, 2]
         steps = 100
         eval_every = 50
-    """))
+    """)
     grid = load_grid(grid_file)
     text = write_report(grid, grid.references, echo=lambda _: None).read_text()
     assert "| 100 | Hopper-v4 | diffsac | 2 | 0.201 [min-max 0.200, 0.201] |" in text  # scored on the env that has runs
