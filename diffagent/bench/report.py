@@ -343,9 +343,9 @@ def across_envs(rows: list[dict[str, Any]], normalization: dict[str, dict[str, A
     groups = []
     for budget, at in _rows_at(rows).items():
         algos = list(dict.fromkeys(algo for _, algo in at))
-        scheduled = {(row["env"], row["algo"]) for row in rows if row["steps"] == budget}
-        normalised = [env for env in dict.fromkeys(row["env"] for row in rows if row["steps"] == budget)
-                      if env in normalization]
+        at_budget = [row for row in rows if row["steps"] == budget]  # with or without finished seeds
+        scheduled = {(row["env"], row["algo"]) for row in at_budget}
+        normalised = [env for env in dict.fromkeys(row["env"] for row in at_budget) if env in normalization]
         envs = [env for env in normalised if any(other == env for other, _ in at)]
         pending = [env for env in normalised if env not in envs]
         incomplete = {algo: lacking for algo in algos
