@@ -167,8 +167,9 @@ class WPOConfig(OffPolicyConfig):
     SAC's replay buffer, critics, temperature and loop with the Wasserstein policy update as the actor loss.
     """
 
-    kl_bound: float = hyperparameter(0.1, "Trust region: KL(old || new) of the denoising path per state, above which "
-                                          "an adaptive penalty acts.", positive)
+    kl_bound: float = hyperparameter(0.1, "Trust region: KL(old || new) per state and denoising step; an adaptive "
+                                          "penalty acts while the path's KL exceeds K times it (the Gaussian's, K = 1: "
+                                          "its action's).", positive)
     kl_penalty_init: float = hyperparameter(1.0, "Initial weight of the KL penalty; a dual variable tunes it toward "
                                                  "kl_bound.", positive)
     kl_penalty_lr: float = hyperparameter(1e-2, "Adam learning rate of the log of the KL penalty weight.", positive)

@@ -29,12 +29,14 @@ from diffagent.errors import ArtifactError, ConfigError, DiffAgentError
 from serve.contract import ModelLoadError
 from serve.hub import download, is_local_path, repo_id_problem
 
+# Version 4: DiffWPO's kl_bound bounds the KL per denoising step (the path's KL is held near K times it); a
+# version-3 DiffWPO config's kl_bound bounded the path's whole KL, and loads divided by K (Agent._from_meta).
 # Version 3: config.json may describe a Dict observation space and records how the env is made (env_module,
 # env_kwargs, env_wrappers). Version 2: config.json lists only the hyperparameters its algorithm uses.
 # Version 1 listed every field of one flat config, those the algorithm ignored included; loading drops
 # those (config.applicable), as they did nothing. The ONNX graph has its own version, serve's
 # (serve/contract.py).
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 RESULTS_FILE = "results.json"

@@ -261,3 +261,16 @@ def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, ove
         actions.append(np.stack([action for _, action in recorder.steps]))
         recorder.steps.clear()
     assert np.abs(actions[1][0] - actions[0][0]).max() > 1e-3, "training did not change the first action"
+
+
+
+@pytest.mark.parametrize("algo, steps, version, loaded", [("diffwpo", {"diffusion_steps": 4}, 3, 0.1 / 4),
+                                                          ("diffwpo", {"diffusion_steps": 4}, 4, 0.1),
+                                                          ("wpo", {}, 3, 0.1)])
+def test_a_format_3_diffwpo_bound_on_the_path_loads_per_denoising_step(tmp_path, algo, steps, version, loaded):
+    """Format 3 held DiffWPO's path KL below kl_bound; format 4 holds it below K * kl_bound, so an older
+    artifact (or checkpoint) keeps training under the bound it was trained with. The Gaussian's (K = 1) is as was."""
+    Agent(algo, "Pendulum-v1", kl_bound=0.1, **steps, **TINY).save_pretrained(tmp_path)
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "format_version": version}))
+    assert Agent.from_pretrained(tmp_path).algorithm.config.kl_bound == pytest.approx(loaded)

@@ -172,6 +172,23 @@ def test_trust_region_penalty_grows_while_the_kl_exceeds_the_bound():
     assert wpo.log_kl_penalty.item() > before + 0.3
 
 
+@pytest.mark.math
+def test_the_chains_trust_region_bounds_the_kl_per_denoising_step():
+    """A path whose KL exceeds the bound while its KL per step (over K = 4) stays inside it is not penalised more:
+    the dual variable falls, as for a Gaussian inside its bound."""
+    wpo = _tiny("diffwpo", diffusion_steps=4, kl_penalty_lr=0.1).algorithm
+    with torch.no_grad():  # the old drift shifted by a constant: each kernel's KL is eta_k / 4 at every state
+        wpo.policy_old.drift[-1].bias.add_(1.0)
+    for _ in range(20):
+        wpo.buffer.add(torch.randn(3).numpy(), [0.1], -1.0, torch.randn(3).numpy(), False)
+    path_kl = wpo.update(wpo.buffer.sample(16))["kl"]
+    wpo.config.kl_bound = path_kl / 2  # above the path's KL over K = 4, below the path's KL
+    before = wpo.log_kl_penalty.item()
+    metrics = [wpo.update(wpo.buffer.sample(16)) for _ in range(5)]
+    assert all(wpo.config.kl_bound < m["kl"] < 4 * wpo.config.kl_bound for m in metrics)
+    assert wpo.log_kl_penalty.item() < before - 0.3
+
+
 @pytest.mark.artifacts
 def test_resume_continues_from_the_same_step_with_the_same_state(tmp_path):
     agent = _tiny("wpo", learning_starts=50, seed=1, buffer_size=1000)

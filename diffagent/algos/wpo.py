@@ -23,8 +23,11 @@ Trust region (acme's WPO adds MPO's KL constraints): the KL(old || theta) of the
 which by the chain rule of KL is the sum over steps of the Gaussian kernels' KLs, in closed form,
 averaged over the old chain's states x_k. It is estimated at the states of the chains just drawn
 from theta instead (no second chain is drawn; the old policy is a Polyak average of the policy and
-stays near it), and a dual variable holds the KL near kl_bound: the penalty is beta * KL, and log beta
-minimises log beta * (kl_bound - KL), so it grows while the KL exceeds the bound. The default bound
+stays near it). The bound is per denoising step: a dual variable holds the path's KL near K * kl_bound
+(for the Gaussian, K = 1, its action's KL near kl_bound), so that each of the chain's K kernels may move
+as far as the Gaussian's one; a bound on the path's sum held the chain K times tighter than its base, and
+held DiffWPO back on Hopper (docs/algorithms.md, section 9). The penalty is beta * KL, and log beta
+minimises log beta * (K * kl_bound - KL), so it grows while the KL exceeds the bound. The default bound
 (0.1) guards against large jumps rather than pacing learning: on Pendulum the KL stays at 0.006-0.035
 and the penalty rests at its floor, while a bound of 0.01 held WPO at -1,100 after 6,000 steps
 (-130 unbounded).
@@ -94,7 +97,7 @@ class WPO(SAC):
     def update(self, batch: Batch) -> dict[str, float]:
         """SAC's update with the WPO actor loss, then the trust region's dual step and the old policy's average."""
         metrics = super().update(batch)
-        dual_loss = self.log_kl_penalty * (self.config.kl_bound - self.kl)
+        dual_loss = self.log_kl_penalty * (self.config.kl_bound * self.policy.num_steps - self.kl)
         self.kl_penalty_optimizer.zero_grad(set_to_none=True)
         dual_loss.backward()
         self.kl_penalty_optimizer.step()
