@@ -1,9 +1,11 @@
 """Where a DiffWPO chain's trust-region KL lies: KL(old || new) per denoising step, from a run's checkpoint.
 
-The trust region (diffagent/algos/wpo.py) bounds the path's KL, the sum over the chain's K steps of its
-Gaussian kernels' KLs. For each run's last checkpoint this splits that sum by step, at states from its replay
-buffer's newest transitions and on chains drawn from the policy, as the actor loss measures it, and prints
-each step's share of the path's KL beside the step's noise std. docs/algorithms.md, section 9, quotes it.
+The trust region (diffagent/algos/wpo.py) holds the path's KL, the sum over the chain's K steps of its
+Gaussian kernels' KLs, near K * kl_bound. For each run's last checkpoint this splits that sum by step, at states
+from its replay buffer's newest transitions and on chains drawn from the policy, as the actor loss measures it,
+and prints each step's share of the path's KL beside the step's noise std. The path's KL is the checkpoint's
+instant, which swings by a factor of two within a few hundred updates, where the KL a run logs averages 1,000
+of them: compare the shares. docs/algorithms.md, section 9, quotes it.
 
     python benchmarks/trust_region_kl.py --runs RUN_DIR,RUN_DIR --out OUT.json
 """

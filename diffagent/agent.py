@@ -470,7 +470,7 @@ class Agent:
             if meta.get("format_version", 1) < 2:  # format 1 listed fields its algorithm ignores (io.FORMAT_VERSION);
                 config = applicable(algo, config)  # its checkpoints carry no version in their meta
             checked = make_config(algo, config)  # every value is checked before anything is built from it
-            if meta.get("format_version", 1) < 4 and algo == "diffwpo":  # it bounded the path's KL (io.FORMAT_VERSION)
+            if meta.get("format_version", 1) < 4 and algo.lower() == "diffwpo":  # its kl_bound was the path's
                 config = {**config, "kl_bound": checked.algorithm.kl_bound / checked.policy.diffusion_steps}
         except ConfigError as err:
             raise ArtifactError(f"{source}: cannot rebuild the agent from config.json: {err}") from None

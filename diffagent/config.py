@@ -170,8 +170,8 @@ class WPOConfig(OffPolicyConfig):
     kl_bound: float = hyperparameter(0.1, "Trust region: KL(old || new) per state and denoising step; an adaptive "
                                           "penalty acts while the path's KL exceeds K times it (the Gaussian's, K = 1: "
                                           "its action's).", positive)
-    kl_penalty_init: float = hyperparameter(1.0, "Initial weight of the KL penalty; a dual variable tunes it toward "
-                                                 "kl_bound.", positive)
+    kl_penalty_init: float = hyperparameter(1.0, "Initial weight of the KL penalty; a dual variable tunes it to hold "
+                                                 "the path's KL near K * kl_bound.", positive)
     kl_penalty_lr: float = hyperparameter(1e-2, "Adam learning rate of the log of the KL penalty weight.", positive)
     target_policy_tau: float = hyperparameter(0.005, "Polyak rate of the old policy that the KL is measured against.",
                                               rate)

@@ -263,7 +263,6 @@ def test_evaluate_acts_like_the_torch_policy_before_and_after_training(algo, ove
     assert np.abs(actions[1][0] - actions[0][0]).max() > 1e-3, "training did not change the first action"
 
 
-
 @pytest.mark.parametrize("algo, steps, version, loaded", [("diffwpo", {"diffusion_steps": 4}, 3, 0.1 / 4),
                                                           ("diffwpo", {"diffusion_steps": 4}, 4, 0.1),
                                                           ("wpo", {}, 3, 0.1)])
@@ -273,4 +272,18 @@ def test_a_format_3_diffwpo_bound_on_the_path_loads_per_denoising_step(tmp_path,
     Agent(algo, "Pendulum-v1", kl_bound=0.1, **steps, **TINY).save_pretrained(tmp_path)
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "format_version": version}))
-    assert Agent.from_pretrained(tmp_path).algorithm.config.kl_bound == pytest.approx(loaded)
+    agent = Agent.from_pretrained(tmp_path)
+    assert agent.algorithm.config.kl_bound == pytest.approx(loaded)
+    agent.save_pretrained(tmp_path / "again")  # now format 4, with the bound per step: not divided a second time
+    assert Agent.from_pretrained(tmp_path / "again").algorithm.config.kl_bound == pytest.approx(loaded)
+
+
+def test_a_format_3_diffwpo_checkpoint_resumes_under_its_bound_on_the_path(tmp_path):
+    agent = Agent("diffwpo", "Pendulum-v1", diffusion_steps=4, kl_bound=0.1, **TINY)
+    agent.learn(60, eval_every=0, checkpoint_every=60, run_dir=tmp_path, progress=False)
+    latest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    state_file = tmp_path / "checkpoints" / latest / "state.json"
+    state = json.loads(state_file.read_text())
+    state["state"]["meta"]["format_version"] = 3
+    state_file.write_text(json.dumps(state))
+    assert Agent.resume(tmp_path).algorithm.config.kl_bound == pytest.approx(0.1 / 4)
