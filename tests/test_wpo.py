@@ -173,20 +173,24 @@ def test_trust_region_penalty_grows_while_the_kl_exceeds_the_bound():
 
 
 @pytest.mark.math
-def test_the_chains_trust_region_bounds_the_kl_per_denoising_step():
-    """A path whose KL exceeds the bound while its KL per step (over K = 4) stays inside it is not penalised more:
-    the dual variable falls, as for a Gaussian inside its bound."""
+@pytest.mark.parametrize("bound_over_kl_per_step, penalty_grows", [(1.5, False), (1 / 1.5, True)])
+def test_the_chains_trust_region_bounds_the_kl_per_denoising_step(bound_over_kl_per_step, penalty_grows):
+    """The dual variable compares the bound with the path's KL over K = 4, not with the path's KL: it falls with the
+    bound 1.5 times the KL per step (a path bound would have it grow) and grows with the bound 1.5 times below it."""
     wpo = _tiny("diffwpo", diffusion_steps=4, kl_penalty_lr=0.1).algorithm
     with torch.no_grad():  # the old drift shifted by a constant: each kernel's KL is eta_k / 4 at every state
         wpo.policy_old.drift[-1].bias.add_(1.0)
     for _ in range(20):
         wpo.buffer.add(torch.randn(3).numpy(), [0.1], -1.0, torch.randn(3).numpy(), False)
-    path_kl = wpo.update(wpo.buffer.sample(16))["kl"]
-    wpo.config.kl_bound = path_kl / 2  # above the path's KL over K = 4, below the path's KL
+    batch = wpo.buffer.sample(16)
+    wpo.actor_loss(batch.obs, wpo.policy.obs_normalizer(batch.obs), wpo.alpha)  # measures the path's KL, no step
+    kl_per_step = wpo.kl.item() / 4
+    wpo.config.kl_bound = kl_per_step * bound_over_kl_per_step
     before = wpo.log_kl_penalty.item()
     metrics = [wpo.update(wpo.buffer.sample(16)) for _ in range(5)]
-    assert all(wpo.config.kl_bound < m["kl"] < 4 * wpo.config.kl_bound for m in metrics)
-    assert wpo.log_kl_penalty.item() < before - 0.3
+    assert all(abs(m["kl"] / 4 / kl_per_step - 1) < 0.1 for m in metrics)  # the KL holds still meanwhile
+    change = wpo.log_kl_penalty.item() - before
+    assert change > 0.3 if penalty_grows else change < -0.3
 
 
 @pytest.mark.artifacts
