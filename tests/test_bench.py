@@ -256,7 +256,7 @@ def test_report_without_matplotlib_still_writes_the_table(tmp_path, monkeypatch)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if matplotlib were not installed
     messages = []
     report = write_report(grid, echo=messages.append)
-    assert "| Pendulum-v1 | sac | 100 | 0 | not run |" in report.read_text()
+    assert "| Pendulum-v1 | sac | 100 | 0 | none finished yet |" in report.read_text()
     assert any("need matplotlib" in m for m in messages) and any("does not exist" in m for m in messages)
 
 

@@ -212,8 +212,8 @@ def _format_centre(value: float, interval: str, low: float, high: float, seeds: 
 def _format_row(row: dict[str, Any]) -> list[str]:
     if "iqm" not in row:
         reached = "; ".join(f"seed {seed}: {score:,.1f} at {step:,} steps" for seed, (step, score) in row["partial"].items())
-        return [row["env"], row["algo"], f"{row['steps']:,}", "0", f"not finished ({reached})" if reached else "not run",
-                "-", "-", "-", "-", row["reference"]]
+        status = f"not finished ({reached})" if reached else "none finished yet"
+        return [row["env"], row["algo"], f"{row['steps']:,}", "0", status, "-", "-", "-", "-", row["reference"]]
     seeds = len(row["seeds"])
     speed = f"{row['steps_per_second']:.0f}" if row["steps_per_second"] else "-"
     spread = f"{_number(row['mean'])} +/- {_number(row['std'])}" if seeds > 1 else "-"
