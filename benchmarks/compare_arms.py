@@ -14,6 +14,7 @@ of both on (diffagent/bench/stats.py, rliable's statistics; the same rules as `d
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,25 +22,23 @@ import numpy as np
 from common import markdown_table, write_results
 
 from diffagent.bench.grid import DETERMINISTIC_RETURN, ENTROPY_ESTIMATE, read_curves
-from diffagent.bench.report import RECENT_EVALUATIONS, verdict
-from diffagent.bench.stats import iqm, probability_of_improvement, seed_interval, step_at
+from diffagent.bench.report import final_entropy, recent_score, verdict
+from diffagent.bench.stats import iqm, probability_of_improvement, score_at, seed_interval
 
 
 def read_arm(folder: Path, budget: int) -> dict:
     """Per seed (each sN folder that reached the budget): the score at it, the mean of the last evaluations up to
-    it, the mean entropy estimate over its last tenth."""
+    it, the mean entropy estimate over its last tenth (the report's own measures)."""
     seeds = {}
-    for run in sorted(folder.glob("s[0-9]*"), key=lambda path: int(path.name[1:])):
+    runs = [path for path in folder.iterdir() if re.fullmatch(r"s\d+", path.name)]
+    for run in sorted(runs, key=lambda path: int(path.name[1:])):
         curves = read_curves(run, (DETERMINISTIC_RETURN, ENTROPY_ESTIMATE))
-        returns, entropy = curves[DETERMINISTIC_RETURN], curves[ENTROPY_ESTIMATE]
-        step = step_at(returns, budget)
-        if step is None:
+        score = score_at(curves[DETERMINISTIC_RETURN], budget)
+        if score is None:
             print(f"skip {run}: no evaluation at {budget:,} steps")
             continue
-        evaluations = [returns[s] for s in sorted(returns) if s <= step][-RECENT_EVALUATIONS:]
-        last_tenth = [value for s, value in entropy.items() if budget - budget / 10 < s <= budget]
-        seeds[int(run.name[1:])] = {"score": returns[step], "recent": float(np.mean(evaluations)),
-                                    "entropy": float(np.mean(last_tenth)) if last_tenth else None}
+        seeds[int(run.name[1:])] = {"score": score, "recent": recent_score(curves[DETERMINISTIC_RETURN], budget),
+                                    "entropy": final_entropy(curves[ENTROPY_ESTIMATE], budget)}
     return seeds
 
 

@@ -122,11 +122,18 @@ class _Curves:
         self.entropy = {run: c[ENTROPY_ESTIMATE] for run, c in curves.items()}
 
 
-def _final_entropy(curve: dict[int, float], budget: int) -> float | None:
+def final_entropy(curve: dict[int, float], budget: int) -> float | None:
     """The mean entropy estimate logged over the last tenth of the budget (one log is one batch's, noisy), or None
     (Stable-Baselines3's runs log none)."""
     values = [value for step, value in curve.items() if budget - budget / 10 < step <= budget]
     return float(np.mean(values)) if values else None
+
+
+def recent_score(curve: dict[int, float], budget: int) -> float | None:
+    """The mean of the last RECENT_EVALUATIONS evaluations up to the one that stands for `budget`, or None if the
+    run did not get that far: one evaluation weighs much on a jumpy env such as Hopper."""
+    evaluations = _curve_to_budget(curve, budget)
+    return float(np.mean([evaluations[s] for s in sorted(evaluations)[-RECENT_EVALUATIONS:]])) if evaluations else None
 
 
 def _iqm_with_interval(values: list[float]) -> dict[str, Any]:
@@ -153,14 +160,13 @@ def summarize(grid: Grid, references: list[dict] | None = None, curves: _Curves 
                         partial[job.seed] = (max(curve), curve[max(curve)])
                     continue
                 scores[job.seed] = curve[step]
-                evaluations = _curve_to_budget(curve, budget)
-                recent[job.seed] = float(np.mean([evaluations[s] for s in sorted(evaluations)[-RECENT_EVALUATIONS:]]))
+                recent[job.seed] = recent_score(curve, budget)
                 stochastic_score = curves.stochastic[job.run_dir].get(step)  # the same evaluation's
                 if stochastic_score is not None:  # absent from runs recorded before it was
                     stochastic[job.seed] = stochastic_score
-                final_entropy = _final_entropy(curves.entropy[job.run_dir], budget)
-                if final_entropy is not None:
-                    entropy[job.seed] = final_entropy
+                entropy_at_end = final_entropy(curves.entropy[job.run_dir], budget)
+                if entropy_at_end is not None:
+                    entropy[job.seed] = entropy_at_end
                 speed = steps_per_second(job.source_dir())
                 if speed:
                     times.append(speed)
