@@ -83,6 +83,34 @@ def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tenso
     return -(weights * policy.score(obs, chains).forward.sum(-1)).sum()
 
 
+def mode_terms(policy, bandit, samples: int, density_samples: int, paths: int) -> dict[str, np.ndarray]:
+    """Per mode, over `samples` fresh chains: its share, and its chains' mean loss L - r / alpha in nats; over the
+    first `density_samples` of them, the mean gap L - log pi(a), log pi importance-weighted over `paths` backward
+    paths.
+
+    Moving mass from mode i to mode j changes E[L - r / alpha] by the difference of the modes' mean losses, so a
+    fit whose allocation the objective no longer pushes has equal means. By the chain rule the mean loss of mode m
+    is log(share_m / mass_m) + KL_m + gap_m - log Z, with KL_m the KL of the chain's shape inside the mode to the
+    target's there: the allocation the objective prefers for given shapes is mass_m exp(-(KL_m + gap_m)),
+    normalised (docs/algorithms.md, section 10)."""
+    from diffagent.multimodal import mode_index
+    from diffagent.policies.entropy import importance_weighted_log_density
+
+    with torch.random.fork_rng(), torch.no_grad():
+        sample = policy.sample(torch.zeros(samples, 1))
+        loss = (sample.log_ratio - torch_reward(bandit, sample.action) / ALPHA).double().numpy()
+        head = slice(0, density_samples)
+        log_density = torch.cat([importance_weighted_log_density(policy, torch.zeros(len(latents), 1), latents, paths)
+                                 for latents in sample.chain[head, -1].split(64)])
+        gap = (sample.log_ratio[head] - log_density - sample.log_probs.squash[head]).double().numpy()
+    modes = mode_index(sample.action.double().numpy(), bandit.centres)
+    num_modes = len(bandit.centres)
+    in_mode = [modes == m for m in range(num_modes)]
+    return {"shares": np.array([np.mean(mask) for mask in in_mode]),
+            "loss": np.array([loss[mask].mean() for mask in in_mode]),
+            "gap": np.array([gap[mask[head]].mean() for mask in in_mode])}
+
+
 def objective_floor(bandit, grid_size: int = 1601) -> float:
     """min over policies of E[alpha log pi(a) - r(a)] = -alpha log Z, Z = the integral of exp(r / alpha) over the box
     (midpoint rule). E[alpha L - r] exceeds it by alpha times the chain's path KL to the target, so the distance of
@@ -119,6 +147,10 @@ def main() -> None:
     parser.add_argument("--proposals", type=int, default=1024,
                         help="with --forward-kl: uniform actions per update whose weights softmax(r / alpha) stand "
                              "for exp(r / alpha)")
+    parser.add_argument("--mode-samples", type=int, default=131072,
+                        help="fresh chains per budget for each mode's share and mean loss L - r / alpha")
+    parser.add_argument("--mode-gap-samples", type=int, default=2048,
+                        help="of those, how many have their gap L - log pi(a) measured (over GAP_PATHS backward paths)")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
     if args.forward_kl and args.loss != "reverse-kl":
@@ -175,6 +207,15 @@ def main() -> None:
                 bounds = entropy_bounds(agent.policy, obs[:1], samples=GAP_SAMPLES, paths=GAP_PATHS)
                 knn = float(knn_entropy(agent.policy, obs[:1], samples=KNN_SAMPLES))
             lower, upper = float(bounds.lower), float(bounds.upper)
+            modes = mode_terms(agent.policy, bandit, args.mode_samples, args.mode_gap_samples, GAP_PATHS)
+            targets = np.asarray(coverage.targets)
+            cost = modes["loss"] - np.log(modes["shares"] / targets) - floor / ALPHA  # KL_m + gap_m, nats
+
+            def allocation(per_mode_cost: np.ndarray) -> np.ndarray:
+                """The shares the objective prefers when mode m costs this much per chain: the target's masses
+                times exp(-cost), over the mass the fit puts on the modes."""
+                weights = targets * np.exp(-(per_mode_cost - per_mode_cost.min()))
+                return weights * modes["shares"].sum() / weights.sum()
             if args.loss == "reverse-kl":
                 objective = float(np.mean(losses[-500:]))
             else:  # the loss is a variance: E[alpha L - r] of the chain itself, over as many chains as 500 updates see
@@ -195,7 +236,14 @@ def main() -> None:
                          "objective": objective, "minus_mean_L": lower, "entropy_importance_weighted": upper,
                          "entropy_knn": knn, "gap_nats": upper - lower, "gap_knn_nats": knn - lower,
                          "marginal_kl_nats": (objective - floor) / ALPHA - (upper - lower),
-                         "marginal_kl_knn_nats": (objective - floor) / ALPHA - (knn - lower)})
+                         "marginal_kl_knn_nats": (objective - floor) / ALPHA - (knn - lower),
+                         "mode_loss_nats": " / ".join(f"{m:.3f}" for m in modes["loss"]),
+                         "mode_loss_spread_nats": float(np.ptp(modes["loss"])),
+                         "mode_gap_nats": " / ".join(f"{g:.3f}" for g in modes["gap"]),
+                         "mode_shape_kl_nats": " / ".join(f"{c:.3f}" for c in cost - modes["gap"]),
+                         "preferred_shares_pct": " / ".join(f"{100 * p:.1f}" for p in allocation(cost)),
+                         "preferred_max_abs_error_points": float(100 * np.max(np.abs(allocation(cost) - targets))),
+                         "gap_only_shares_pct": " / ".join(f"{100 * p:.1f}" for p in allocation(modes["gap"]))})
             print(rows[-1], flush=True)
     print(f"\nA chain fitted to exp(r / {ALPHA}) with the exact reward ({BATCH} chains per update); the objective's "
           f"floor, -alpha log Z, is {floor:.4f}\n")

@@ -7,7 +7,7 @@ import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from diffagent.policies import DiffusionPolicy, GaussianPolicy
-from diffagent.policies.entropy import entropy_bounds, knn_entropy
+from diffagent.policies.entropy import entropy_bounds, importance_weighted_log_density, knn_entropy
 
 pytestmark = pytest.mark.math
 
@@ -128,8 +128,8 @@ def test_entropy_estimates_of_a_gaussian_all_equal_its_entropy():
     assert knn_entropy(policy, obs, samples=4096).mean().item() == pytest.approx(exact, abs=0.05)
 
 
-def _linear_chain(learn_backward_kernel: bool = False) -> tuple[DiffusionPolicy, float]:
-    """A chain with no drift, and its exact entropy. It is linear: x_{k+1} = (1 - eta_k / sigma0^2) x_k +
+def _linear_chain(learn_backward_kernel: bool = False) -> tuple[DiffusionPolicy, torch.Tensor]:
+    """A chain with no drift, and the exact std of its Gaussian x_K. It is linear: x_{k+1} = (1 - eta_k / sigma0^2) x_k +
     sqrt(2 eta_k) eps, so x_K is Gaussian with variance v_{k+1} = (1 - eta_k / sigma0^2)^2 v_k + 2 eta_k,
     v_0 = sigma0^2. Its steps are large, so that its reverse is far from the fixed backward kernel."""
     torch.manual_seed(0)
@@ -142,11 +142,12 @@ def _linear_chain(learn_backward_kernel: bool = False) -> tuple[DiffusionPolicy,
     var = torch.full((ACT_DIM,), sigma0**2)
     for eta in policy.log_step_size.detach().exp():
         var = (1 - eta / sigma0**2) ** 2 * var + 2 * eta
-    return policy, _squashed_gaussian_entropy(var.sqrt())
+    return policy, var.sqrt()
 
 
 def test_entropy_estimates_of_a_chain_bracket_its_exact_entropy():
-    policy, exact = _linear_chain()
+    policy, std = _linear_chain()
+    exact = _squashed_gaussian_entropy(std)
     obs = torch.randn(4, OBS_DIM)
     bounds = entropy_bounds(policy, obs, samples=2048, paths=64)
     lower, upper = bounds.lower.mean().item(), bounds.upper.mean().item()  # measured: 0.550-0.563, 0.631-0.650
@@ -155,11 +156,25 @@ def test_entropy_estimates_of_a_chain_bracket_its_exact_entropy():
     assert knn_entropy(policy, obs, samples=4096).mean().item() == pytest.approx(exact, abs=0.05)
 
 
+def test_importance_weighted_log_density_of_a_chain_matches_its_exact_density_pointwise():
+    """The linear chain's x_K is Gaussian, so log pi(x_K) is known at every point: the estimate over 256 backward
+    paths lies within 0.15 nats of it at each of 512 points (measured: at most 0.085-0.097, mean |error| under
+    0.002, seeds 0-2), and further off with 4 paths (at most 0.9-1.4), as an importance-weighted bound should."""
+    policy, std = _linear_chain()
+    obs, latents = torch.randn(512, OBS_DIM), torch.randn(512, ACT_DIM) * std
+    exact = Normal(0.0, std).log_prob(latents).sum(-1)
+    error = exact - importance_weighted_log_density(policy, obs, latents, paths=256)
+    assert error.abs().max().item() < 0.15
+    assert abs(error.mean().item()) < 0.01
+    assert (exact - importance_weighted_log_density(policy, obs, latents, paths=4)).abs().max().item() > 0.3
+
+
 def test_a_learned_backward_kernel_closes_the_gap_between_minus_l_and_the_entropy():
     """The linear chain, with a backward network trained on E[L] while the forward chain stays fixed: the fixed
     kernel's std cannot match the chain's reverse at its large steps, a learned scale can, so -E[L] rises to the
     exact entropy (measured: 0.553 -> 0.625, exact 0.62-0.64 on seeds 0-2 of this setup)."""
-    policy, exact = _linear_chain(learn_backward_kernel=True)
+    policy, std = _linear_chain(learn_backward_kernel=True)
+    exact = _squashed_gaussian_entropy(std)
     obs = torch.randn(4, OBS_DIM)
     before = entropy_bounds(policy, obs, samples=2048, paths=64).lower.mean().item()
     optimizer = torch.optim.Adam(policy.backward_drift.parameters(), lr=1e-2)

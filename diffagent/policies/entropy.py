@@ -53,6 +53,23 @@ class EntropyBounds(NamedTuple):
 
 
 @torch.no_grad()
+def importance_weighted_log_density(policy: Policy, obs: torch.Tensor, latents: torch.Tensor,
+                                    paths: int = 256) -> torch.Tensor:
+    """log pi(x_K | s) of each latent x_K (B, A) at its observation (B, obs), importance-weighted over `paths`
+    backward paths each (B * paths chains are scored at once); a lower bound in expectation, tight as paths
+    grows. The squashed action's log-density adds the tanh term, `log_probs.squash` of the chain."""
+    obs_per_path = obs.repeat_interleave(paths, 0)
+    context = policy.context(policy.obs_normalizer(obs_per_path))
+    states = [latents.repeat_interleave(paths, 0)]
+    for k in reversed(range(policy.num_steps)):
+        mean, log_std = policy.backward_kernel(context, states[0], k)
+        states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
+    log_probs = policy.score(obs_per_path, torch.stack(states, dim=1))
+    weights = (log_probs.prior + log_probs.step_ratios.sum(-1)).view(latents.shape[0], paths)
+    return torch.logsumexp(weights, dim=1) - math.log(paths)
+
+
+@torch.no_grad()
 def entropy_bounds(policy: Policy, obs: torch.Tensor, samples: int = 16, paths: int = 256) -> EntropyBounds:
     """Bracket H(pi(.|s)) for each of the B observations with `samples` actions each and `paths`
     backward paths per action (B * samples * paths chains are scored at once: size them to memory)."""
@@ -60,16 +77,6 @@ def entropy_bounds(policy: Policy, obs: torch.Tensor, samples: int = 16, paths: 
     obs_per_sample = obs.repeat_interleave(samples, 0)
     forward = policy.sample(obs_per_sample)
     lower = -forward.log_ratio.view(batch, samples).mean(1)
-
-    obs_per_path = obs_per_sample.repeat_interleave(paths, 0)
-    context = policy.context(policy.obs_normalizer(obs_per_path))
-    last = forward.chain[:, -1].repeat_interleave(paths, 0)  # x_K of every sample, once per backward path
-    states = [last]
-    for k in reversed(range(policy.num_steps)):
-        mean, log_std = policy.backward_kernel(context, states[0], k)
-        states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
-    log_probs = policy.score(obs_per_path, torch.stack(states, dim=1))
-    weights = (log_probs.prior + log_probs.step_ratios.sum(-1)).view(batch * samples, paths)
-    log_density = torch.logsumexp(weights, dim=1) - math.log(paths)  # log pi of each x_K, importance-weighted
+    log_density = importance_weighted_log_density(policy, obs_per_sample, forward.chain[:, -1], paths)
     upper = -(log_density + forward.log_probs.squash).view(batch, samples).mean(1)
     return EntropyBounds(lower, upper)
