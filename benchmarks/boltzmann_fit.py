@@ -31,6 +31,8 @@ The objective splits in two: E[alpha L - r] = alpha (KL(pi || exp(r / alpha) / Z
 is how far -E[L] lies below the action's entropy (diffagent.policies.entropy). Each budget's row gives the gap
 (importance-weighted over backward paths, and by nearest neighbours) and the KL of the action's marginal that
 the rest implies, so a fit that matches the masses but pays a wide gap can be told from one that drops modes.
+Per mode (`mode_terms`) it gives the chains' mean loss L - r / alpha, the gap and the shape's KL to the target
+inside the mode, the allocation the objective prefers for the fit's shapes, and the one the gaps alone would give.
 """
 
 from __future__ import annotations
