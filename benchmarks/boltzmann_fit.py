@@ -146,6 +146,9 @@ def main() -> None:
     parser.add_argument("--forward-kl", type=float, default=0.0,
                         help="add this weight times alpha times the mass-covering term (forward_kl_loss) to the "
                              "reverse-KL loss")
+    parser.add_argument("--forward-kl-fade", action="store_true",
+                        help="with --forward-kl: lower its weight linearly to zero between half and three quarters of "
+                             "the largest budget, so that reverse KL alone finishes the fit")
     parser.add_argument("--proposals", type=int, default=1024,
                         help="with --forward-kl: uniform actions per update whose weights softmax(r / alpha) stand "
                              "for exp(r / alpha)")
@@ -155,6 +158,8 @@ def main() -> None:
                         help="of those, how many have their gap L - log pi(a) measured (over GAP_PATHS backward paths)")
     parser.add_argument("--out", default="benchmarks/results/boltzmann_fit.json")
     args = parser.parse_args()
+    if args.forward_kl_fade and not args.forward_kl:
+        parser.error("--forward-kl-fade fades the forward-KL term: add --forward-kl WEIGHT")
     if args.forward_kl and args.loss != "reverse-kl":
         parser.error("--forward-kl adds to the reverse-KL loss: drop --loss log-variance")
     if args.loss != "log-variance" and (args.explore != 1.0 or args.explore_prior_only):
@@ -189,8 +194,11 @@ def main() -> None:
                 if args.loss == "reverse-kl":
                     sample = agent.policy.sample(obs)
                     loss = objective_term = (alpha * sample.log_ratio - torch_reward(bandit, sample.action)).mean()
-                    if args.forward_kl:
-                        loss = loss + args.forward_kl * alpha * forward_kl_loss(agent.policy, bandit, alpha,
+                    weight = args.forward_kl
+                    if args.forward_kl_fade:
+                        weight *= min(1.0, max(0.0, 3.0 - 4.0 * update / budgets[-1]))
+                    if weight:
+                        loss = loss + weight * alpha * forward_kl_loss(agent.policy, bandit, alpha,
                                                                                 args.proposals)
                 else:
                     with torch.no_grad():
@@ -228,6 +236,7 @@ def main() -> None:
                          "backward_kernel": "learned" if args.learn_backward_kernel else "fixed",
                          "alpha_start": args.alpha_start or ALPHA, "loss": args.loss, "explore": args.explore,
                          "explore_prior_only": args.explore_prior_only, "forward_kl": args.forward_kl,
+                         "forward_kl_fade": args.forward_kl_fade,
                          "seed": seed,
                          "lr_schedule": args.lr_schedule, "updates": budget,
                          "shares_pct": " / ".join(f"{100 * s:.1f}" for s in coverage.shares),
