@@ -108,9 +108,12 @@ def mode_terms(policy, bandit, samples: int, density_samples: int, paths: int) -
     modes = mode_index(sample.action.double().numpy(), bandit.centres)
     num_modes = len(bandit.centres)
     in_mode = [modes == m for m in range(num_modes)]
+    def mean_over(values: np.ndarray, mask: np.ndarray) -> float:
+        return float(values[mask].mean()) if mask.any() else np.nan  # a mode the chain dropped has no chains to score
+
     return {"shares": np.array([np.mean(mask) for mask in in_mode]),
-            "loss": np.array([loss[mask].mean() for mask in in_mode]),
-            "gap": np.array([gap[mask[head]].mean() for mask in in_mode])}
+            "loss": np.array([mean_over(loss, mask) for mask in in_mode]),
+            "gap": np.array([mean_over(gap, mask[head]) for mask in in_mode])}
 
 
 def objective_floor(bandit, grid_size: int = 1601) -> float:
@@ -198,8 +201,7 @@ def main() -> None:
                     if args.forward_kl_fade:
                         weight *= min(1.0, max(0.0, 3.0 - 4.0 * update / budgets[-1]))
                     if weight:
-                        loss = loss + weight * alpha * forward_kl_loss(agent.policy, bandit, alpha,
-                                                                                args.proposals)
+                        loss = loss + weight * alpha * forward_kl_loss(agent.policy, bandit, alpha, args.proposals)
                 else:
                     with torch.no_grad():
                         proposal_noise = torch.randn(agent.policy.noise_shape(BATCH))
