@@ -116,6 +116,13 @@ def mode_terms(policy, bandit, samples: int, density_samples: int, paths: int) -
             "gap": np.array([mean_over(gap, mask[head]) for mask in in_mode])}
 
 
+def preferred_allocation(targets: np.ndarray, on_mode_mass: float, per_mode_cost: np.ndarray) -> np.ndarray:
+    """The shares the objective prefers when a chain in mode m costs per_mode_cost[m] nats (KL_m + gap_m): the
+    target's masses times exp(-cost), spread over the mass the fit puts on the modes (mode_terms)."""
+    weights = targets * np.exp(-(per_mode_cost - per_mode_cost.min()))
+    return weights * on_mode_mass / weights.sum()
+
+
 def objective_floor(bandit, grid_size: int = 1601) -> float:
     """min over policies of E[alpha log pi(a) - r(a)] = -alpha log Z, Z = the integral of exp(r / alpha) over the box
     (midpoint rule). E[alpha L - r] exceeds it by alpha times the chain's path KL to the target, so the distance of
@@ -222,12 +229,8 @@ def main() -> None:
             modes = mode_terms(agent.policy, bandit, args.mode_samples, args.mode_gap_samples, GAP_PATHS)
             targets = np.asarray(coverage.targets)
             cost = modes["loss"] - np.log(modes["shares"] / targets) - floor / ALPHA  # KL_m + gap_m, nats
-
-            def allocation(per_mode_cost: np.ndarray) -> np.ndarray:
-                """The shares the objective prefers when mode m costs this much per chain: the target's masses
-                times exp(-cost), over the mass the fit puts on the modes."""
-                weights = targets * np.exp(-(per_mode_cost - per_mode_cost.min()))
-                return weights * modes["shares"].sum() / weights.sum()
+            preferred = preferred_allocation(targets, modes["shares"].sum(), cost)
+            gap_only = preferred_allocation(targets, modes["shares"].sum(), modes["gap"])
             if args.loss == "reverse-kl":
                 objective = float(np.mean(losses[-500:]))
             else:  # the loss is a variance: E[alpha L - r] of the chain itself, over as many chains as 500 updates see
@@ -254,9 +257,9 @@ def main() -> None:
                          "mode_loss_spread_nats": float(np.ptp(modes["loss"])),
                          "mode_gap_nats": " / ".join(f"{g:.3f}" for g in modes["gap"]),
                          "mode_shape_kl_nats": " / ".join(f"{c:.3f}" for c in cost - modes["gap"]),
-                         "preferred_shares_pct": " / ".join(f"{100 * p:.1f}" for p in allocation(cost)),
-                         "preferred_max_abs_error_points": float(100 * np.max(np.abs(allocation(cost) - targets))),
-                         "gap_only_shares_pct": " / ".join(f"{100 * p:.1f}" for p in allocation(modes["gap"]))})
+                         "preferred_shares_pct": " / ".join(f"{100 * p:.1f}" for p in preferred),
+                         "preferred_max_abs_error_points": float(100 * np.max(np.abs(preferred - targets))),
+                         "gap_only_shares_pct": " / ".join(f"{100 * p:.1f}" for p in gap_only)})
             print(rows[-1], flush=True)
     print(f"\nA chain fitted to exp(r / {ALPHA}) with the exact reward ({BATCH} chains per update); the objective's "
           f"floor, -alpha log Z, is {floor:.4f}\n")
