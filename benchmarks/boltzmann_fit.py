@@ -59,19 +59,6 @@ def torch_reward(bandit, actions: torch.Tensor) -> torch.Tensor:
     return (heights * torch.exp(-squared / (2.0 * bandit.width ** 2))).sum(-1)
 
 
-def backward_paths(policy, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    """Chains (B, K+1, A) drawn backward from given squashed actions through the policy's backward kernel: x_K =
-    atanh(a), then x_k ~ p(x_k | x_{k+1}) down to x_0, the paths along which L scores an action."""
-    context = policy.context(policy.obs_normalizer(obs))
-    x = torch.atanh(actions)
-    states = [x]
-    for k in reversed(range(policy.num_steps)):
-        mean, log_std = policy.backward_kernel(context, x, k)
-        x = mean + torch.exp(log_std) * torch.randn_like(x)
-        states.append(x)
-    return torch.stack(states[::-1], dim=1)
-
-
 def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tensor:
     """A mass-covering term: the chain's forward kernels fitted by maximum likelihood to paths drawn backward from
     exp(r / alpha)'s own actions (uniform proposals over the box, self-normalised weights softmax(r / alpha)),
@@ -81,7 +68,7 @@ def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tenso
         actions = (torch.rand(proposals, policy.act_dim) * 2.0 - 1.0).clamp(-0.999, 0.999)  # atanh stays finite
         weights = torch.softmax(torch_reward(bandit, actions) / alpha, dim=0)
         obs = torch.zeros(proposals, 1)
-        chains = backward_paths(policy, obs, actions)
+        chains = policy.backward_paths(obs, torch.atanh(actions))
     return -(weights * policy.score(obs, chains).forward.sum(-1)).sum()
 
 

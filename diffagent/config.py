@@ -137,10 +137,41 @@ class OffPolicyConfig(AlgorithmConfig):
     target_entropy_scale: float = hyperparameter(1.0, "Target entropy is -target_entropy_scale * dim(A).")
     calibrate_entropy: bool = hyperparameter(True, "Tune alpha on the policy's entropy, -E[L] plus its measured gap "
                                                    "to it (a chain's -E[L] is a lower bound), not on -E[L].")
+    forward_kl_weight: float = hyperparameter(
+        0.0, "Weight w of a mass-covering term added to the actor loss, w * alpha * (the policy's negative "
+             "log-likelihood of exp(Q/alpha)'s own actions): uniform proposals over the action box weighted by "
+             "softmax(Q/alpha), so for low-dimensional actions only; 0 turns it off (docs/algorithms.md, section 10).",
+        non_negative)
+    forward_kl_states: int = hyperparameter(1, "Forward-KL term: states per update it is fitted at (the batch's "
+                                               "first).", between(1, 65_536))
+    forward_kl_proposals: int = hyperparameter(1024, "Forward-KL term: uniform actions per state whose weights "
+                                                     "softmax(Q/alpha) stand for exp(Q/alpha).", between(2, 1_000_000))
+    forward_kl_fade_start: int = hyperparameter(0, "Forward-KL term: environment step at which its weight starts "
+                                                   "falling linearly to 0.", between(0, 100_000_000))
+    forward_kl_fade_end: int = hyperparameter(0, "Forward-KL term: environment step by which its weight reaches 0, "
+                                                 "so that the actor loss alone finishes the fit; 0 keeps it on.",
+                                              between(0, 100_000_000))
 
     @property
     def fixed_temperature(self) -> float | None:
         return None if self.autotune_alpha else self.alpha_init
+
+    def problems(self) -> list[str]:
+        found = super().problems()
+        unused = [spec.name for spec in dataclasses.fields(self) if spec.name.startswith("forward_kl_")
+                  and spec.name != "forward_kl_weight" and getattr(self, spec.name) != spec.default]
+        if not self.forward_kl_weight and unused:
+            found.append(f"{', '.join(unused)} set while forward_kl_weight=0 turns the forward-KL term off: set "
+                         "forward_kl_weight > 0 or drop them")
+        if self.forward_kl_fade_end and self.forward_kl_fade_end <= self.forward_kl_fade_start:
+            found.append(f"forward_kl_fade_end={self.forward_kl_fade_end:,} must come after forward_kl_fade_start="
+                         f"{self.forward_kl_fade_start:,}")
+        elif self.forward_kl_fade_start and not self.forward_kl_fade_end:
+            found.append("forward_kl_fade_start needs forward_kl_fade_end, the step by which the weight reaches 0")
+        if self.forward_kl_states > self.batch_size:
+            found.append(f"forward_kl_states={self.forward_kl_states} exceeds batch_size={self.batch_size}: the term "
+                         "is fitted at the batch's states")
+        return found
 
 
 @dataclass

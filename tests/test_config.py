@@ -44,3 +44,18 @@ def test_defaults_live_in_the_classes():
         assert config.policy == spec.policy.preset(spec.algorithm)
         if not spec.algorithm.on_policy:
             assert config.policy == spec.policy()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"forward_kl_fade_end": 8000}, "forward_kl_fade_end set while forward_kl_weight=0 turns the forward-KL term off"),
+    ({"forward_kl_weight": 1.0, "forward_kl_fade_start": 8000, "forward_kl_fade_end": 8000},
+     "forward_kl_fade_end=8,000 must come after forward_kl_fade_start=8,000"),
+    ({"forward_kl_weight": 1.0, "forward_kl_fade_start": 8000}, "forward_kl_fade_start needs forward_kl_fade_end"),
+    ({"forward_kl_weight": 1.0, "forward_kl_states": 512}, "forward_kl_states=512 exceeds batch_size=256"),
+])
+def test_a_forward_kl_setting_that_would_do_nothing_or_cannot_work_is_refused(overrides, message):
+    for algo in ("sac", "diffsac", "wpo", "diffwpo"):  # an algorithm field: a Gaussian base takes it as its diffusion arm
+        with pytest.raises(ConfigError, match=message):
+            make_config(algo, overrides)
+    assert make_config("diffsac", {"forward_kl_weight": 1.0, "forward_kl_fade_start": 8000,
+                                   "forward_kl_fade_end": 16000}).algorithm.forward_kl_fade_end == 16000

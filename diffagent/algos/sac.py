@@ -8,6 +8,8 @@ and for the Gaussian policy L *is* log pi.
              'pathwise': backpropagate through the reparameterised chain
              'lv':       score function of each denoising step, weighted by its future only
     alpha:   minimise -log alpha * E[L - gap + H_target],  H_target = -scale * dim(A)
+    optional, for low-dimensional actions: + w alpha * forward KL, the policy fitted by maximum likelihood to
+             exp(Q/alpha)'s own actions, w faded to 0 over training (`forward_kl_loss`)
 
 -E[L] is only a lower bound on a chain's entropy; `gap`, the measured distance from it to the
 entropy (diffagent/policies/entropy.py: an importance-weighted estimate over backward paths), is refreshed
@@ -39,6 +41,8 @@ from diffagent.policies.onnx import LiveOnnxModule, LiveOnnxPolicy
 # action dimension of the 256-path one on the zoo's Hopper chain (benchmarks/entropy_gap.py).
 ENTROPY_GAP_EVERY = 1000
 ENTROPY_GAP_STATES, ENTROPY_GAP_SAMPLES, ENTROPY_GAP_PATHS = 32, 4, 64
+# The forward-KL term's proposals stay inside tanh's range by this much, so that atanh(a) is finite.
+PROPOSAL_LIMIT = 0.999
 
 
 def reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -172,8 +176,11 @@ class SAC(Algorithm):
 
         # Actor: the critic is a fixed function here, so it gets no parameter gradients.
         self.critic.requires_grad_(False)
+        forward_kl_weight = self.forward_kl_weight()
         for _ in range(cfg.actor_steps):
             actor_loss, log_ratio = self.actor_loss(batch.obs, obs, alpha)
+            if forward_kl_weight:
+                actor_loss = actor_loss + forward_kl_weight * alpha * self.forward_kl_loss(batch.obs, alpha)
             self.actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.backward()
             self.actor_optimizer.step()
@@ -187,9 +194,12 @@ class SAC(Algorithm):
             self.alpha_optimizer.step()
 
         polyak_update(self.critic_target, self.critic, cfg.tau)
-        return {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item(),
-                "entropy_estimate": (self.entropy_gap - log_ratio.mean()).item(), "entropy_gap": self.entropy_gap.item(),
-                "q_mean": q.mean().item()}
+        metrics = {"critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": alpha.item(),
+                   "entropy_estimate": (self.entropy_gap - log_ratio.mean()).item(),
+                   "entropy_gap": self.entropy_gap.item(), "q_mean": q.mean().item()}
+        if cfg.forward_kl_weight:
+            metrics["forward_kl_weight"] = forward_kl_weight
+        return metrics
 
     def td_target(self, batch: Batch, noise: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """`SoftTarget` of a batch. On a CPU onnxruntime computes it on the policy's and target critics' own
@@ -216,6 +226,35 @@ class SAC(Algorithm):
             q = self.critic(obs, sample.action).min(0).values
             return (alpha * sample.log_ratio - q).mean(), sample.log_ratio.detach()
         return self.log_variance_actor_loss(raw_obs, obs, alpha)
+
+    def forward_kl_weight(self) -> float:
+        """The forward-KL term's weight at this step: forward_kl_weight, falling linearly to 0 between
+        forward_kl_fade_start and forward_kl_fade_end (held throughout when the end is 0)."""
+        cfg = self.config
+        if not cfg.forward_kl_fade_end:
+            return cfg.forward_kl_weight
+        left = (cfg.forward_kl_fade_end - self.num_timesteps) / (cfg.forward_kl_fade_end - cfg.forward_kl_fade_start)
+        return cfg.forward_kl_weight * min(1.0, max(0.0, left))
+
+    def forward_kl_loss(self, raw_obs: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The mass-covering term (docs/algorithms.md, section 10): at the batch's first `forward_kl_states` states,
+        the policy's forward kernels fitted by maximum likelihood to exp(Q/alpha)'s own actions, -sum_i w_i sum_k
+        log q_theta(x_{k+1} | x_k) per state. Its actions are uniform proposals over the action box with
+        self-normalised weights w_i = softmax_i(min_j Q_j(s, a_i) / alpha), each drawn back to x_0 through the
+        backward kernel. The actor loss (reverse KL) charges a missing or under-weighted mode only through the
+        chains the policy draws; this term charges it through the target's actions. For the Gaussian it is the
+        weighted log-likelihood of the actions themselves."""
+        cfg = self.config
+        states = raw_obs[:cfg.forward_kl_states]
+        obs = states.repeat_interleave(cfg.forward_kl_proposals, 0)
+        with torch.no_grad():
+            actions = torch.rand(len(obs), self.policy.act_dim, device=self.device) * 2.0 - 1.0
+            actions = actions.clamp(-PROPOSAL_LIMIT, PROPOSAL_LIMIT)
+            q = self.critic(self.policy.obs_normalizer(obs), actions).min(0).values
+            weights = torch.softmax((q / alpha).view(len(states), -1), dim=1).flatten()
+            chains = self.policy.backward_paths(obs, torch.atanh(actions))
+        log_likelihood = self.policy.score(obs, chains).forward.sum(-1)
+        return -(weights * log_likelihood).sum() / len(states)
 
     def log_variance_actor_loss(self, raw_obs: torch.Tensor, obs: torch.Tensor,
                                 alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

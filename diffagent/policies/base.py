@@ -121,6 +121,16 @@ class Policy(nn.Module):
         context = self.context(self.obs_normalizer(obs))
         return self.forward_kernel(_per_step(context), chain[:, :-1], self._steps(chain))
 
+    def backward_paths(self, obs: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Chains (B, K+1, A) drawn backward from given final states x_K (B, A) through the backward kernel, x_k ~
+        p(x_k | x_{k+1}, s, k) down to x_0: the paths along which L scores an action."""
+        context = self.context(self.obs_normalizer(obs))
+        states = [latents]
+        for k in reversed(range(self.num_steps)):
+            mean, log_std = self.backward_kernel(context, states[0], k)
+            states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
+        return torch.stack(states, dim=1)
+
     def backward_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """log p(x_k | x_{k+1}, s, k) of every step of given chains, (B, K), in one batched pass."""
         return self._backward_log_probs(self.context(self.obs_normalizer(obs)), chain)

@@ -59,12 +59,8 @@ def importance_weighted_log_density(policy: Policy, obs: torch.Tensor, latents: 
     backward paths each (B * paths chains are scored at once); a lower bound in expectation, tight as paths
     grows. The squashed action's log-density adds the tanh term, `log_probs.squash` of the chain."""
     obs_per_path = obs.repeat_interleave(paths, 0)
-    context = policy.context(policy.obs_normalizer(obs_per_path))
-    states = [latents.repeat_interleave(paths, 0)]
-    for k in reversed(range(policy.num_steps)):
-        mean, log_std = policy.backward_kernel(context, states[0], k)
-        states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
-    log_probs = policy.score(obs_per_path, torch.stack(states, dim=1))
+    chains = policy.backward_paths(obs_per_path, latents.repeat_interleave(paths, 0))
+    log_probs = policy.score(obs_per_path, chains)
     weights = (log_probs.prior + log_probs.step_ratios.sum(-1)).view(latents.shape[0], paths)
     return torch.logsumexp(weights, dim=1) - math.log(paths)
 
