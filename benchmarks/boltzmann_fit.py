@@ -45,6 +45,8 @@ import numpy as np
 import torch
 from common import markdown_table, write_results
 
+from diffagent.algos.sac import PROPOSAL_LIMIT
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 ALPHA, BATCH, LEARNING_RATE, FINAL_LEARNING_RATE = 0.1, 256, 1e-3, 1e-5
@@ -65,11 +67,9 @@ def forward_kl_loss(policy, bandit, alpha: float, proposals: int) -> torch.Tenso
     -sum_i w_i sum_k log q_theta(x_{k+1} | x_k) along each path. Its expectation is the forward (mass-covering)
     KL of the path measures up to terms the chain's parameters do not move."""
     with torch.no_grad():
-        actions = (torch.rand(proposals, policy.act_dim) * 2.0 - 1.0).clamp(-0.999, 0.999)  # atanh stays finite
+        actions = (torch.rand(proposals, policy.act_dim) * 2.0 - 1.0).clamp(-PROPOSAL_LIMIT, PROPOSAL_LIMIT)
         weights = torch.softmax(torch_reward(bandit, actions) / alpha, dim=0)
-        obs = torch.zeros(proposals, 1)
-        chains = policy.backward_paths(obs, torch.atanh(actions))
-    return -(weights * policy.score(obs, chains).forward.sum(-1)).sum()
+    return -(weights * policy.path_log_likelihood(torch.zeros(proposals, 1), actions)).sum()
 
 
 def mode_terms(policy, bandit, samples: int, density_samples: int, paths: int) -> dict[str, np.ndarray]:

@@ -252,9 +252,7 @@ class SAC(Algorithm):
             actions = actions.clamp(-PROPOSAL_LIMIT, PROPOSAL_LIMIT)
             q = self.critic(self.policy.obs_normalizer(obs), actions).min(0).values
             weights = torch.softmax((q / alpha).view(len(states), -1), dim=1).flatten()
-            chains = self.policy.backward_paths(obs, torch.atanh(actions))
-        log_likelihood = self.policy.score(obs, chains).forward.sum(-1)
-        return -(weights * log_likelihood).sum() / len(states)
+        return -(weights * self.policy.path_log_likelihood(obs, actions)).sum() / len(states)
 
     def log_variance_actor_loss(self, raw_obs: torch.Tensor, obs: torch.Tensor,
                                 alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -131,6 +131,13 @@ class Policy(nn.Module):
             states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
         return torch.stack(states, dim=1)
 
+    def path_log_likelihood(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """sum_k log q_theta(x_{k+1} | x_k, s, k) along one backward path from each squashed action (B, A), the
+        path drawn without gradient: maximising it fits the forward kernels to paths that end in those actions."""
+        with torch.no_grad():
+            chains = self.backward_paths(obs, torch.atanh(actions))
+        return self.score(obs, chains).forward.sum(-1)
+
     def backward_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """log p(x_k | x_{k+1}, s, k) of every step of given chains, (B, K), in one batched pass."""
         return self._backward_log_probs(self.context(self.obs_normalizer(obs)), chain)
