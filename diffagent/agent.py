@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import time
@@ -29,7 +30,7 @@ from diffagent.callbacks import Callback, CallbackList, TensorBoardCallback
 from diffagent.config import Config, algo_spec, applicable, make_config
 from diffagent.envs import (EnvRecipe, EnvSource, UnavailableEnv, check_spaces, env_factory, flat_observations,
                             space_from_dict, space_to_dict)
-from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError
+from diffagent.errors import ArtifactError, ConfigError, DiffAgentError, InputError, TrainingError
 from diffagent.io import (CONFIG_FILE, FORMAT_VERSION, METRICS_FILE, RESULTS_FILE, drop_records_after, has_checkpoint,
                           json_safe, load_checkpoint, load_pretrained, run_lock, save_artifact, save_checkpoint,
                           write_json)
@@ -376,8 +377,10 @@ class Agent:
             keep_going = True
             while keep_going and algorithm.num_timesteps < state.total_steps:
                 before = algorithm.num_timesteps
-                window.add(algorithm.train_iteration())
+                metrics = algorithm.train_iteration()
                 step = algorithm.num_timesteps
+                _check_finite(metrics, step, run_path)
+                window.add(metrics)
                 bar.update(step - before)
                 finished = step >= state.total_steps
                 evaluate_now = state.eval_every and (_crossed(before, step, state.eval_every) or finished)
@@ -532,6 +535,18 @@ class Agent:
     def budget(self) -> int | None:
         """The step budget of the current (or resumed) run: `learn()` with no steps trains up to it."""
         return self.progress.total_steps if self.progress is not None else None
+
+
+def _check_finite(metrics: Mapping[str, Any], step: int, run_path: Path | None) -> None:
+    """Stop a run whose losses became NaN or inf (a diverged update), before a checkpoint or the final artifact
+    saves weights that are no longer finite."""
+    diverged = {name: float(value) for name, value in metrics.items()
+                if name.endswith("loss") and not math.isfinite(float(value))}
+    if diverged:
+        kept = f" (its checkpoints in {run_path / 'checkpoints'} hold the weights from before)" if run_path else ""
+        raise TrainingError(f"training diverged at step {step:,}: {', '.join(f'{k} = {v}' for k, v in diverged.items())}"
+                            f"{kept}. Train again with lower learning rates (actor_lr, critic_lr or learning_rate) or "
+                            "another seed.")
 
 
 class _MetricsWindow:

@@ -15,3 +15,7 @@ class ArtifactError(DiffAgentError, RuntimeError):
 
 class InputError(DiffAgentError, ValueError):
     """An observation or noise array that a policy cannot act on: wrong shape, or NaN/inf values."""
+
+
+class TrainingError(DiffAgentError, RuntimeError):
+    """Training that cannot go on: a loss became NaN or inf, so the weights are no longer finite."""

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from diffagent import Agent, ArtifactError, ConfigError
+from diffagent import Agent, ArtifactError, ConfigError, TrainingError
 from diffagent import io as dio
 from diffagent.cli import main
 
@@ -139,6 +139,22 @@ def test_a_kill_mid_checkpoint_leaves_the_last_good_one(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert Agent.resume(tmp_path).num_timesteps == 60
     assert not list((tmp_path / "checkpoints").glob(".partial-*"))
+
+
+def test_a_diverged_update_stops_training_before_it_saves_weights(tmp_path, monkeypatch):
+    """A loss that becomes NaN stops the run with an error at that step; the checkpoints keep the weights from
+    before it, and no artifact of non-finite weights is written."""
+    agent = Agent("sac", "Pendulum-v1", **TINY)
+    update = agent.algorithm.update
+
+    def diverging(batch):
+        metrics = update(batch)
+        return {**metrics, "critic_loss": float("nan")} if agent.num_timesteps >= 150 else metrics
+    monkeypatch.setattr(agent.algorithm, "update", diverging)
+    with pytest.raises(TrainingError, match="training diverged at step 150: critic_loss = nan"):
+        agent.learn(300, eval_every=0, run_dir=tmp_path, checkpoint_every=100, progress=False)
+    assert Agent.resume(tmp_path).num_timesteps == 100
+    assert not (tmp_path / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("algo, env, overrides, message", [
