@@ -204,3 +204,20 @@ def test_an_untrained_learned_backward_kernel_scores_chains_as_the_fixed_one():
     a, b = fixed.sample(obs, noise), learned.sample(obs, noise)
     torch.testing.assert_close(b.log_ratio, a.log_ratio, rtol=0, atol=0)
     assert any(name.startswith("backward_drift.") for name in learned.state_dict())
+
+
+def test_backward_paths_from_the_box_edge_stay_finite_however_the_learned_kernel_extrapolates():
+    """The forward-KL term draws paths back from uniform actions up to the box's edge, where a trained chain
+    never goes. A backward network that grows with the latent there once compounded to inf within three
+    steps; its log-scale is bounded (and latents held, as the forward chain's), so every path stays finite."""
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(OBS_DIM, ACT_DIM, -torch.ones(ACT_DIM), torch.ones(ACT_DIM), num_steps=8,
+                             hidden_sizes=(32, 32), learn_backward_kernel=True)
+    with torch.no_grad():  # a log-scale head that extrapolates steeply, as the diverged run's did
+        policy.backward_drift.drift[-1].weight.normal_(0.0, 5.0)
+    edge = torch.tensor([[0.999, -0.999], [0.999, 0.999], [-0.2, 0.999]]).repeat(64, 1)
+    obs = torch.randn(len(edge), OBS_DIM)
+    with torch.no_grad():
+        chains = policy.backward_paths(obs, torch.atanh(edge))
+        log_likelihood = policy.path_log_likelihood(obs, edge)
+    assert torch.isfinite(chains).all() and torch.isfinite(log_likelihood).all()

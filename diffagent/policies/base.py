@@ -123,12 +123,13 @@ class Policy(nn.Module):
 
     def backward_paths(self, obs: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Chains (B, K+1, A) drawn backward from given final states x_K (B, A) through the backward kernel, x_k ~
-        p(x_k | x_{k+1}, s, k) down to x_0: the paths along which L scores an action."""
+        p(x_k | x_{k+1}, s, k) down to x_0: the paths along which L scores an action. Latents are held to
+        +-LATENT_LIMIT, as the forward chain's are."""
         context = self.context(self.obs_normalizer(obs))
         states = [latents]
         for k in reversed(range(self.num_steps)):
             mean, log_std = self.backward_kernel(context, states[0], k)
-            states.insert(0, mean + torch.exp(log_std) * torch.randn_like(mean))
+            states.insert(0, (mean + torch.exp(log_std) * torch.randn_like(mean)).clamp(-LATENT_LIMIT, LATENT_LIMIT))
         return torch.stack(states, dim=1)
 
     def path_log_likelihood(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,13 @@ from diffagent.nn import ACTIVATIONS
 from diffagent.policies.base import Kernel, Policy
 
 
+# A learned backward kernel's std is the fixed kernel's times exp(h_phi), h_phi held within the Gaussian policy's
+# log-std bounds. Drawn backward from an action the chain never visits (the forward-KL term's uniform proposals
+# reach the box's edge), an unbounded h_phi grew with the latent and compounded over the steps: on the unequal
+# bandit one such path reached 1e9 in two steps and inf in the third, and the run's weights became NaN.
+BACKWARD_LOG_SCALE_MIN, BACKWARD_LOG_SCALE_MAX = -5.0, 2.0
+
+
 class DiffusionPolicy(Policy):
     """K learned Langevin-like denoising steps from a Gaussian prior to the action.
 
@@ -78,7 +85,7 @@ class DiffusionPolicy(Policy):
         if self.backward_drift is None:
             return mean, log_std
         drift, log_scale = self.backward_drift(context[1], x_next, step)
-        return mean + eta * drift, log_std + log_scale
+        return mean + eta * drift, log_std + log_scale.clamp(BACKWARD_LOG_SCALE_MIN, BACKWARD_LOG_SCALE_MAX)
 
 
 def drift_layers(obs_dim: int, act_dim: int, num_steps: int, hidden_sizes: Sequence[int], activation: str,
