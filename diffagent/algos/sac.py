@@ -9,7 +9,7 @@ and for the Gaussian policy L *is* log pi.
              'lv':       score function of each denoising step, weighted by its future only
     alpha:   minimise -log alpha * E[L - gap + H_target],  H_target = -scale * dim(A)
     optional, for low-dimensional actions: + w alpha * forward KL, the policy fitted by maximum likelihood to
-             exp(Q/alpha)'s own actions, w faded to 0 over training (`forward_kl_loss`)
+             exp(Q/alpha)'s own actions, w held or faded to 0 (`forward_kl_loss`)
 
 -E[L] is only a lower bound on a chain's entropy; `gap`, the measured distance from it to the
 entropy (diffagent/policies/entropy.py: an importance-weighted estimate over backward paths), is refreshed
