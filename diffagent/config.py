@@ -170,6 +170,10 @@ class OffPolicyConfig(AlgorithmConfig):
                          f"{self.forward_kl_fade_start:,}")
         elif self.forward_kl_fade_start and not self.forward_kl_fade_end:
             found.append("forward_kl_fade_start needs forward_kl_fade_end, the step by which the weight reaches 0")
+        chains = self.forward_kl_states * self.forward_kl_proposals
+        if chains > MAX_ROLLOUT:
+            found.append(f"the forward-KL term would draw forward_kl_states * forward_kl_proposals = {chains:,} paths "
+                         f"per update, over {MAX_ROLLOUT:,}; lower one of them")
         if self.forward_kl_states > self.batch_size:
             found.append(f"forward_kl_states={self.forward_kl_states} exceeds batch_size={self.batch_size}: the term "
                          "is fitted at the batch's states")

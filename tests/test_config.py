@@ -52,6 +52,8 @@ def test_defaults_live_in_the_classes():
      "forward_kl_fade_end=8,000 must come after forward_kl_fade_start=8,000"),
     ({"forward_kl_weight": 1.0, "forward_kl_fade_start": 8000}, "forward_kl_fade_start needs forward_kl_fade_end"),
     ({"forward_kl_weight": 1.0, "forward_kl_states": 512}, "forward_kl_states=512 exceeds batch_size=256"),
+    ({"forward_kl_weight": 1.0, "forward_kl_states": 256, "forward_kl_proposals": 1_000_000},
+     "would draw forward_kl_states \\* forward_kl_proposals = 256,000,000 paths per update"),
 ])
 def test_a_forward_kl_setting_that_would_do_nothing_or_cannot_work_is_refused(overrides, message):
     for algo in ("sac", "diffsac", "wpo", "diffwpo"):  # an algorithm field: a Gaussian base takes it as its diffusion arm

@@ -137,7 +137,7 @@ class Policy(nn.Module):
         path drawn without gradient: maximising it fits the forward kernels to paths that end in those actions."""
         with torch.no_grad():
             chains = self.backward_paths(obs, torch.atanh(actions))
-        return self.score(obs, chains).forward.sum(-1)
+        return gaussian_log_prob(chains[:, 1:], *self.kernels(obs, chains)).sum(-1)  # the forward kernels alone
 
     def backward_log_probs(self, obs: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """log p(x_k | x_{k+1}, s, k) of every step of given chains, (B, K), in one batched pass."""
