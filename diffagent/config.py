@@ -126,6 +126,8 @@ class OffPolicyConfig(AlgorithmConfig):
     actor_lr: float = hyperparameter(3e-4, "Adam learning rate of the policy.", positive)
     critic_lr: float = hyperparameter(3e-4, "Adam learning rate of the critics.", positive)
     alpha_lr: float = hyperparameter(3e-4, "Adam learning rate of the temperature.", positive)
+    anneal_lr: bool = hyperparameter(False, "Decay the actor's, critics' and temperature's learning rates linearly "
+                                            "to 0 over the step budget of `learn`, as PPO's anneal_lr does.")
     tau: float = hyperparameter(0.005, "Polyak rate of the target critics.", rate)
     num_critics: int = hyperparameter(2, "Critics in the ensemble; targets and the actor use their minimum.",
                                       between(1, 100))

@@ -150,3 +150,15 @@ def test_the_forward_kl_weight_is_held_then_fades_linearly_to_zero():
     sac.num_timesteps = 200
     assert sac.update(_batch())["forward_kl_weight"] == pytest.approx(1.0)
     assert "forward_kl_weight" not in _tiny("diffsac", diffusion_steps=2).algorithm.update(_batch())
+
+
+@pytest.mark.parametrize("anneal_lr", [True, False])
+def test_anneal_lr_decays_every_learning_rate_linearly_over_the_budget(anneal_lr):
+    sac = _tiny("sac", anneal_lr=anneal_lr, actor_lr=1e-3, critic_lr=2e-3, alpha_lr=4e-3).algorithm
+    sac.total_steps = 40
+    for _ in range(10):
+        sac.train_iteration()
+    left = 0.75 if anneal_lr else 1.0
+    rates = [optimizer.param_groups[0]["lr"]
+             for optimizer in (sac.actor_optimizer, sac.critic_optimizer, sac.alpha_optimizer)]
+    assert rates == pytest.approx([1e-3 * left, 2e-3 * left, 4e-3 * left])

@@ -34,6 +34,13 @@ class Algorithm:
         """Collect experience and update; returns metrics of this iteration."""
         raise NotImplementedError
 
+    def anneal(self, optimizer: torch.optim.Optimizer, learning_rate: float) -> None:
+        """Set optimizer's rate to learning_rate scaled by the budget left: 1 falling linearly to 0 over the
+        steps of the current `Agent.learn` (counted from the run's first step, so a resumed run continues it)."""
+        left = max(1.0 - self.num_timesteps / self.total_steps, 0.0) if self.total_steps else 1.0
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate * left
+
     @property
     def temperature(self) -> float:
         """The temperature alpha that weighs the entropy now."""

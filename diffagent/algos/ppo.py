@@ -181,10 +181,8 @@ class PPO(Algorithm):
     def train_iteration(self) -> dict[str, float]:
         """Collect rollout_steps x num_envs transitions and run num_epochs of minibatch updates on them."""
         cfg = self.config
-        if cfg.anneal_lr and self.total_steps:
-            lr = cfg.learning_rate * max(1.0 - self.num_timesteps / self.total_steps, 0.0)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+        if cfg.anneal_lr:
+            self.anneal(self.optimizer, cfg.learning_rate)
         batch = self.collect_rollout()
         metrics = self.update(batch)
         self.policy.obs_normalizer.update(batch.obs)

@@ -138,6 +138,11 @@ class SAC(Algorithm):
             if (cfg.calibrate_entropy and not self.policy.exact_log_ratio
                     and (self.num_timesteps - cfg.learning_starts) % ENTROPY_GAP_EVERY == 0):
                 self.entropy_gap = self.measure_entropy_gap()
+            if cfg.anneal_lr:
+                for optimizer, learning_rate in ((self.actor_optimizer, cfg.actor_lr),
+                                                 (self.critic_optimizer, cfg.critic_lr),
+                                                 (self.alpha_optimizer, cfg.alpha_lr)):
+                    self.anneal(optimizer, learning_rate)
             for _ in range(cfg.gradient_steps):
                 metrics = self.update(self.buffer.sample(cfg.batch_size, self.sampler))
         return metrics
