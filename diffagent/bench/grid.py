@@ -48,8 +48,9 @@ from diffagent.bench.sb3 import SB3_ALGORITHMS, is_sb3, sb3_hyperparameters
 from diffagent.config import algo_spec, cli_value, make_config
 from diffagent.envs import WrapperSpec, import_packages, split_env_id
 from diffagent.errors import ConfigError
-from diffagent.io import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, checkpoint_step, has_checkpoint, read_jsonl,
-                          run_is_locked)
+from diffagent.io import (CONFIG_FILE, METRICS_FILE, RESULTS_FILE, WEIGHTS_FILE, checkpoint_step, has_checkpoint,
+                          read_jsonl, run_is_locked)
+from diffagent.multimodal import BANDITS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -380,6 +381,12 @@ def is_on_policy(algo: str) -> bool:
     return SB3_ALGORITHMS[algo].on_policy if is_sb3(algo) else algo_spec(algo).algorithm.on_policy
 
 
+def archived_files(job: Job) -> tuple[str, ...]:
+    """ARCHIVED_FILES, and for a run on a multimodal bandit its policy's weights (tens to hundreds of kB): the
+    report's modes table samples the policy, so that table too rebuilds from the archive alone."""
+    return ARCHIVED_FILES + ((WEIGHTS_FILE,) if job.env_id in BANDITS and not is_sb3(job.algo) else ())
+
+
 def archive_run(job: Job) -> bool:
     """Copy a finished run's small files (ARCHIVED_FILES) to its archive folder, those that differ from the copy
     there; False when nothing was copied (no archive, the run has not finished here, or the copy is current)."""
@@ -387,7 +394,7 @@ def archive_run(job: Job) -> bool:
         return False
     job.archive_dir.mkdir(parents=True, exist_ok=True)
     copied = False
-    for name in ARCHIVED_FILES:
+    for name in archived_files(job):
         source, copy = job.run_dir / name, job.archive_dir / name
         if source.is_file() and not (copy.is_file() and filecmp.cmp(source, copy, shallow=False)):
             shutil.copyfile(source, copy)
