@@ -556,12 +556,7 @@ def test_across_envs_waits_for_an_env_with_nothing_finished_and_curves_keep_the_
 
 @pytest.mark.artifacts
 def test_a_bandit_grids_modes_table_rebuilds_from_the_archive_alone(tmp_path):
-    grid_file = tmp_path / "bandit.toml"
-    grid_file.write_text(textwrap.dedent(f"""
-        name = "bandit"
-        out = "{tmp_path / 'runs'}"
-        archive = "{tmp_path / 'zoo-runs'}"
-        results = "{tmp_path / 'results'}"
+    grid_file = write_normalised_grid(tmp_path, "bandit", {}, """
         [[experiment]]
         envs = ["diffagent/FourPeaks-v0"]
         algos = ["sac", "diffsac"]
@@ -569,8 +564,8 @@ def test_a_bandit_grids_modes_table_rebuilds_from_the_archive_alone(tmp_path):
         steps = 60
         eval_every = 30
         eval_episodes = 1
-        set = {{ policy_hidden_sizes = [16, 16], critic_hidden_sizes = [16, 16], learning_starts = 30, batch_size = 16 }}
-    """))
+        set = { policy_hidden_sizes = [16, 16], critic_hidden_sizes = [16, 16], learning_starts = 30, batch_size = 16 }
+    """)
     messages = []
     assert len(run_grid(load_grid(grid_file), echo=messages.append, poll_seconds=0.2)["trained"]) == 2, messages
     tables = table_lines(write_report(load_grid(grid_file)))
