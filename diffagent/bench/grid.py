@@ -388,7 +388,7 @@ def archived_files(job: Job) -> tuple[str, ...]:
 
 
 def archive_run(job: Job) -> bool:
-    """Copy a finished run's small files (ARCHIVED_FILES) to its archive folder, those that differ from the copy
+    """Copy a finished run's small files (`archived_files`) to its archive folder, those that differ from the copy
     there; False when nothing was copied (no archive, the run has not finished here, or the copy is current)."""
     if job.archive_dir is None or job.is_archived_only() or not (job.run_dir / RESULTS_FILE).is_file():
         return False
