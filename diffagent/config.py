@@ -152,8 +152,8 @@ class OffPolicyConfig(AlgorithmConfig):
                                                    "falling linearly to 0.", between(0, 100_000_000))
     forward_kl_fade_end: int = hyperparameter(0, "Forward-KL term: environment step by which its weight reaches 0, "
                                                  "so that the actor loss alone finishes the fit; 0 keeps it on (held, "
-                                                 "it kept DiffSAC at the unequal bandit's masses where faded out it "
-                                                 "did not: docs/algorithms.md, section 10).",
+                                                 "it kept DiffSAC near the unequal bandit's masses where faded out "
+                                                 "it did not: docs/algorithms.md, section 10).",
                                               between(0, 100_000_000))
 
     @property

@@ -464,11 +464,12 @@ def multimodal_section(grid: Grid, env_id: str) -> list[str]:
     for algo in dict.fromkeys(j.algo for j in grid.jobs if j.env_id == env_id and not is_sb3(j.algo)):
         coverages = []
         # the coverage samples the policy: its weights are in the run directory, or archived (`archived_files`)
-        for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"
-                    and (j.source_dir() / WEIGHTS_FILE).is_file()):
-            agent = Agent.from_pretrained(job.source_dir())
-            learned = last_metrics(job.source_dir()).get("alpha")  # an autotuned alpha lives in the metrics only
-            coverage = mode_coverage(agent, alpha=learned, seed=job.seed, bandit=bandit)
+        for job in (j for j in grid.jobs if (j.env_id, j.algo) == (env_id, algo) and j.status() == "done"):
+            source = job.source_dir()
+            if not (source / WEIGHTS_FILE).is_file():
+                continue
+            learned = last_metrics(source).get("alpha")  # an autotuned alpha lives in the metrics only
+            coverage = mode_coverage(Agent.from_pretrained(source), alpha=learned, seed=job.seed, bandit=bandit)
             coverages.append(coverage)
             first_seed.setdefault(algo, coverage)
         if not coverages:
