@@ -22,13 +22,14 @@ from common import markdown_table, write_results
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
-def episode_return(env: gym.Env, act, seed: int) -> float:
-    """The return of one episode started from reset(seed), acting with act(obs, rng)."""
+def episode_return(env: gym.Env, agent, rule, seed: int) -> float:
+    """The return of one episode started from reset(seed), acting with rule(agent, obs, rng). Agent.evaluate runs
+    the same episodes but knows only the zero-noise and the stochastic rule, hence this loop."""
     obs, _ = env.reset(seed=seed)
     rng = np.random.default_rng(seed)
     total, done = 0.0, False
     while not done:
-        obs, reward, terminated, truncated, _ = env.step(act(obs, rng))
+        obs, reward, terminated, truncated, _ = env.step(rule(agent, obs, rng))
         total += float(reward)
         done = terminated or truncated
     return total
@@ -60,8 +61,7 @@ def main() -> None:
         env, first = gym.make(agent.env_id), evaluation_seed(agent.config.run.seed)
         row = {"run": run_dir, "algo": agent.algo}
         for name, rule in rules.items():
-            row[name] = float(np.mean([episode_return(env, lambda obs, rng: rule(agent, obs, rng), first + i)
-                                       for i in range(args.episodes)]))
+            row[name] = float(np.mean([episode_return(env, agent, rule, first + i) for i in range(args.episodes)]))
         rows.append(row)
         print(row, flush=True)
     print(f"\nMean return over {args.episodes} paired episodes of each run's final weights, per way of acting\n")
